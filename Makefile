@@ -1,0 +1,34 @@
+# Two entry points: `make demo` and `make test`. Both create/update the venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FAIRSEQ_PIN := ve-fairseq==0.12.3
+FAIRSCALE_PIN := fairscale==0.4.13
+PYTEST_ARGS ?=
+
+.PHONY: env demo test clean-demo
+
+env: $(STAMP)
+
+# Re-run when the pins or the package metadata change; idempotent otherwise.
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps $(FAIRSEQ_PIN)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation $(FAIRSCALE_PIN)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import fairseq, fairscale, fairseq_taskmoe; print('env ok: fairseq', fairseq.__version__)"
+	touch $(STAMP)
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh
+
+clean-demo:
+	rm -rf demo
