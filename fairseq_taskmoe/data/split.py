@@ -1,0 +1,60 @@
+"""Deduplication and the train/valid/test split.
+
+The split of a pair is a function of its *English* side only (a hash of the normalised
+source), the same for every language: an English string that is in test for German is in
+test for Japanese too, and never in any train set. Normalisation folds case, spacing and
+punctuation so "Save", "save" and "Save." cannot straddle two splits.
+"""
+import hashlib
+import re
+from collections import Counter, OrderedDict
+
+SPLITS = ("train", "valid", "test")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def source_key(src):
+    return _NON_WORD.sub(" ", src.casefold()).strip()
+
+
+def _hash(key, salt):
+    return int(hashlib.sha1((salt + key).encode("utf-8")).hexdigest()[:12], 16)
+
+
+def assign_split(src, valid_percent, test_percent):
+    """'valid', 'test' or 'train' from 10,000 hash buckets of the normalised English source."""
+    bucket = _hash(source_key(src), "split:") % 10000
+    if bucket < valid_percent * 100:
+        return "valid"
+    if bucket < (valid_percent + test_percent) * 100:
+        return "test"
+    return "train"
+
+
+def split_pairs(pairs, valid_percent=3.0, test_percent=3.0, max_eval=500):
+    """Split one language's (en, xx) pairs into {"train": [...], "valid": [...], "test": [...]}.
+
+    train keeps every distinct (en, xx) pair; valid/test keep one reference per English
+    string (its most frequent translation) and at most ``max_eval`` strings. Eval-bucket
+    strings beyond the cap are dropped rather than moved to train, which would leak them.
+    """
+    if not (0 <= valid_percent and 0 <= test_percent and valid_percent + test_percent < 100):
+        raise ValueError("--valid-percent/--test-percent must be >= 0 and sum to < 100")
+    out = {name: [] for name in SPLITS}
+    seen = set()
+    eval_targets = {"valid": OrderedDict(), "test": OrderedDict()}
+    for src, tgt in pairs:
+        if (src, tgt) in seen:
+            continue
+        seen.add((src, tgt))
+        split = assign_split(src, valid_percent, test_percent)
+        if split == "train":
+            out["train"].append((src, tgt))
+        else:
+            eval_targets[split].setdefault(src, Counter())[tgt] += 1
+    for split, by_src in eval_targets.items():
+        chosen = [(src, counts.most_common(1)[0][0]) for src, counts in by_src.items()]
+        # Cap by a second hash, not by order, so the kept subset does not favour one package.
+        chosen.sort(key=lambda p: _hash(source_key(p[0]) + "\x00" + p[0], "cap:"))
+        out[split] = chosen[:max_eval]
+    return out
