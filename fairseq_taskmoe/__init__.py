@@ -2,9 +2,16 @@
 
 Importing the package (``--user-dir``, or ``import fairseq_taskmoe``) makes
 torch's safe checkpoint loader accept fairseq checkpoints (see
-``safe_load.py``) and registers the model, criterion and task with fairseq.
+``safe_load.py``) and registers with fairseq:
+- model ``transformer_taskmoe`` (archs ``transformer_taskmoe_{tiny,base,big}``),
+- criterion ``label_smoothed_cross_entropy_moe``,
+- task ``translation_multi_simple_epoch_taskmoe``.
 """
 
 from fairseq_taskmoe.safe_load import install_safe_globals
 
 install_safe_globals()
+
+from fairseq_taskmoe.criterions import label_smoothed_cross_entropy_moe  # noqa: E402,F401
+from fairseq_taskmoe.models import transformer_taskmoe  # noqa: E402,F401
+from fairseq_taskmoe.tasks import translation_multi_taskmoe  # noqa: E402,F401

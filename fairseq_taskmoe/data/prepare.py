@@ -24,7 +24,7 @@ from .split import SPLITS, split_pairs
 logger = logging.getLogger("fairseq_taskmoe.data.prepare")
 
 # The eight languages with the most clean training pairs from DEFAULT_PACKAGES (measured).
-DEFAULT_LANGS = ("de", "es", "fr", "it", "ja", "pt_BR", "ru", "zh_Hans")
+DEFAULT_LANGS = ("de", "es", "fr", "it", "ja", "ko", "pt_BR", "zh_Hans")
 
 
 def get_parser():

@@ -1,0 +1,158 @@
+"""MoEConfig: every ``--moe-*`` model flag, typed and documented.
+
+The README's flag table is generated from this dataclass
+(``python -m fairseq_taskmoe.config``), so help text lives here only.
+"""
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+ROUTING_CHOICES = ChoiceEnum(["token", "sentence", "sentence-pooled", "task", "none"])
+TASK_BY_CHOICES = ChoiceEnum(["target_lang", "lang_pair", "source_lang"])
+SECOND_EXPERT_CHOICES = ChoiceEnum(["all", "sampling", "random"])
+
+
+@dataclass
+class MoEConfig(FairseqDataclass):
+    moe_expert_count: int = field(
+        default=8, metadata={"help": "number of experts E in each MoE layer (paper: 32)"}
+    )
+    moe_freq: int = field(
+        default=2,
+        metadata={"help": "an MoE layer replaces the FFN of every Nth layer (layers N-1, 2N-1, ...); "
+                  "paper: 2; 0 disables MoE layers"},
+    )
+    moe_top_k: int = field(default=2, metadata={"help": "experts per token, 1 or 2"})
+    moe_encoder_routing: ROUTING_CHOICES = field(
+        default="token",
+        metadata={"help": "encoder routing: token (per-token gate), sentence (token gate logits "
+                  "averaged over the sentence), sentence-pooled (gate on the mean-pooled sentence), "
+                  "task (gate on the task id only; extractable), none (dense encoder)"},
+    )
+    moe_decoder_routing: ROUTING_CHOICES = field(
+        default="task",
+        metadata={"help": "decoder routing, same choices as --moe-encoder-routing; sentence modes use "
+                  "a causal prefix mean in the decoder"},
+    )
+    moe_task_by: TASK_BY_CHOICES = field(
+        default="target_lang",
+        metadata={"help": "what a task is: target_lang (paper's best for decoders; unseen pairs into a "
+                  "known language work), lang_pair, or source_lang"},
+    )
+    moe_task_names: str = field(
+        default="",
+        metadata={"help": "comma-separated task names in gate order; filled from --lang-pairs by the "
+                  "translation_multi_simple_epoch_taskmoe task, stored in the checkpoint"},
+    )
+    moe_capacity_factor: float = field(
+        default=1.25,
+        metadata={"help": "token routing, training: each expert takes at most "
+                  "ceil(factor * k * tokens / E) tokens; overflow is dropped (residual only)"},
+    )
+    moe_eval_capacity_factor: float = field(
+        default=0.0,
+        metadata={"help": "token routing, evaluation/inference capacity factor; <= 0 means dropless"},
+    )
+    moe_dropless: bool = field(
+        default=False,
+        metadata={"help": "never drop tokens (token routing too); sentence and task routing are "
+                  "always dropless"},
+    )
+    moe_second_expert_policy: SECOND_EXPERT_CHOICES = field(
+        default="all",
+        metadata={"help": "top-2 second expert in training: all (always), sampling (sampled by gate "
+                  "probability), random (kept with probability 2*g2, GShard); inference uses all"},
+    )
+    moe_gate_fp32: bool = field(
+        default=False,
+        metadata={"help": "compute the gate matmul in fp32 under --fp16/--bf16 (the gate softmax and "
+                  "top-k always run in fp32)"},
+    )
+    moe_layout: str = field(
+        default="",
+        metadata={"help": "JSON per-layer override written by fairseq-taskmoe-extract: "
+                  '{"encoder": {"1": {"experts": 3}}, "decoder": {"1": {"ffn_dim": 4096}}}; '
+                  "empty means every --moe-freq-th layer has --moe-expert-count experts"},
+    )
+
+
+def moe_config_from_args(args) -> MoEConfig:
+    """Typed MoEConfig from a flat argparse Namespace (or DictConfig)."""
+    cfg = MoEConfig()
+    for f in fields(MoEConfig):
+        if hasattr(args, f.name) and getattr(args, f.name) is not None:
+            setattr(cfg, f.name, getattr(args, f.name))
+    validate(cfg)
+    return cfg
+
+
+def _check_choice(flag, value, choice_enum):
+    valid = [str(c) for c in choice_enum]
+    if str(value) not in valid:
+        raise ValueError(f"--{flag} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def validate(cfg: MoEConfig):
+    _check_choice("moe-encoder-routing", cfg.moe_encoder_routing, ROUTING_CHOICES)
+    _check_choice("moe-decoder-routing", cfg.moe_decoder_routing, ROUTING_CHOICES)
+    _check_choice("moe-task-by", cfg.moe_task_by, TASK_BY_CHOICES)
+    _check_choice("moe-second-expert-policy", cfg.moe_second_expert_policy, SECOND_EXPERT_CHOICES)
+    if cfg.moe_expert_count < 1:
+        raise ValueError(f"--moe-expert-count must be >= 1, got {cfg.moe_expert_count}")
+    if cfg.moe_top_k not in (1, 2):
+        raise ValueError(f"--moe-top-k must be 1 or 2, got {cfg.moe_top_k}")
+    if cfg.moe_top_k > cfg.moe_expert_count:
+        raise ValueError(f"--moe-top-k ({cfg.moe_top_k}) must be <= --moe-expert-count "
+                         f"({cfg.moe_expert_count})")
+    if cfg.moe_freq < 0:
+        raise ValueError(f"--moe-freq must be >= 0 (0 disables MoE), got {cfg.moe_freq}")
+    if cfg.moe_layout:
+        parse_layout(cfg.moe_layout)
+
+
+def task_names(cfg: MoEConfig) -> List[str]:
+    return [t for t in str(cfg.moe_task_names).split(",") if t]
+
+
+def parse_layout(text: str) -> dict:
+    try:
+        layout = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--moe-layout is not valid JSON: {err}") from err
+    for side in layout:
+        if side not in ("encoder", "decoder"):
+            raise ValueError(f"--moe-layout: unknown side {side!r}; valid: encoder, decoder")
+        for idx, spec in layout[side].items():
+            if not (isinstance(spec, dict) and len(spec) == 1 and
+                    ("experts" in spec or "ffn_dim" in spec)):
+                raise ValueError(f"--moe-layout {side} layer {idx}: expected "
+                                 f'{{"experts": N}} or {{"ffn_dim": W}}, got {spec!r}')
+    return layout
+
+
+def layer_plan(cfg: MoEConfig, side: str, num_layers: int) -> List[Optional[dict]]:
+    """Per layer: None (dense, stock FFN), {"experts": N} or {"ffn_dim": W} (fused dense)."""
+    routing = getattr(cfg, f"moe_{side}_routing")
+    if cfg.moe_layout:
+        spec = parse_layout(cfg.moe_layout).get(side, {})
+        return [spec.get(str(i)) for i in range(num_layers)]
+    if routing == "none" or cfg.moe_freq == 0:
+        return [None] * num_layers
+    return [{"experts": cfg.moe_expert_count} if (i + 1) % cfg.moe_freq == 0 else None
+            for i in range(num_layers)]
+
+
+def flag_table_markdown() -> str:
+    """Markdown table of every --moe-* model flag (for the README)."""
+    rows = ["| flag | default | help |", "| --- | --- | --- |"]
+    for f in fields(MoEConfig):
+        default = f.default
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(flag_table_markdown())

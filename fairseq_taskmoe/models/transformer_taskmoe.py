@@ -1,0 +1,117 @@
+"""Model ``transformer_taskmoe`` and its architectures.
+
+A fairseq ``transformer`` (argparse flavour, so every stock ``--encoder-*`` /
+``--decoder-*`` flag works) whose every ``--moe-freq``-th FFN is an MoE block.
+"""
+
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerConfig, TransformerModel
+from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_wmt_en_de_big
+
+from fairseq_taskmoe.config import MoEConfig, moe_config_from_args, task_names
+from fairseq_taskmoe.models.decoder import TaskMoEDecoder
+from fairseq_taskmoe.models.encoder import TaskMoEEncoder
+
+
+@register_model("transformer_taskmoe")
+class TransformerTaskMoEModel(TransformerModel):
+    """Transformer with token / sentence / task-level MoE layers.
+
+    The forward pass returns fairseq's ``(logits, extra)`` with
+    ``extra["moe_stats"]`` holding each MoE layer's ``MoEStats``.
+    """
+
+    def __init__(self, args, encoder, decoder):
+        super().__init__(args, encoder, decoder)
+        self.moe_cfg = encoder.moe_cfg
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        # No argparse defaults, so architectures can set their own (as stock transformer does).
+        gen_parser_from_dataclass(parser, MoEConfig(), delete_default=True)
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_taskmoe_architecture(args)
+        moe_cfg = moe_config_from_args(args)
+        routings = {str(moe_cfg.moe_encoder_routing), str(moe_cfg.moe_decoder_routing)}
+        if "task" in routings and not task_names(moe_cfg):
+            raise ValueError(
+                "task routing needs --moe-task-names (the translation_multi_simple_epoch_taskmoe "
+                "task fills it from --lang-pairs); use --task translation_multi_simple_epoch_taskmoe"
+            )
+        if args.encoder_layers_to_keep or args.decoder_layers_to_keep:
+            raise ValueError("transformer_taskmoe does not support --encoder/decoder-layers-to-keep")
+        cfg = TransformerConfig.from_namespace(args)
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        if cfg.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ValueError("--share-all-embeddings requires a joined dictionary")
+            if cfg.encoder.embed_dim != cfg.decoder.embed_dim:
+                raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match "
+                                 "--decoder-embed-dim")
+            enc_embed = cls.build_embedding(cfg, src_dict, cfg.encoder.embed_dim, cfg.encoder.embed_path)
+            dec_embed = enc_embed
+            cfg.share_decoder_input_output_embed = True
+            args.share_decoder_input_output_embed = True
+        else:
+            enc_embed = cls.build_embedding(cfg, src_dict, cfg.encoder.embed_dim, cfg.encoder.embed_path)
+            dec_embed = cls.build_embedding(cfg, tgt_dict, cfg.decoder.embed_dim, cfg.decoder.embed_path)
+        encoder = TaskMoEEncoder(cfg, moe_cfg, src_dict, enc_embed)
+        decoder = TaskMoEDecoder(cfg, moe_cfg, tgt_dict, dec_embed, no_encoder_attn=cfg.no_cross_attention)
+        return cls(args, encoder, decoder)
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, task_ids=None,
+                return_all_hiddens: bool = True, features_only: bool = False,
+                alignment_layer=None, alignment_heads=None, **unused):
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, task_ids=task_ids,
+                                   return_all_hiddens=return_all_hiddens)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
+                            alignment_layer=alignment_layer, alignment_heads=alignment_heads,
+                            src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
+
+
+def _moe_defaults(args, **overrides):
+    defaults = {f: getattr(MoEConfig(), f) for f in MoEConfig.__dataclass_fields__}
+    defaults.update(overrides)
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+@register_model_architecture("transformer_taskmoe", "transformer_taskmoe")
+def base_taskmoe_architecture(args):
+    _moe_defaults(args)
+    base_architecture(args)
+
+
+@register_model_architecture("transformer_taskmoe", "transformer_taskmoe_tiny")
+def tiny_architecture(args):
+    """For tests and the CPU demo: 2+2 layers, d=64, 4 experts in layer 2 of each side."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 128)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
+    _moe_defaults(args, moe_expert_count=4)
+    base_architecture(args)
+
+
+@register_model_architecture("transformer_taskmoe", "transformer_taskmoe_base")
+def base_paper_architecture(args):
+    """The paper's setting: Transformer-base, 6+6 layers, 32 experts in every other layer."""
+    _moe_defaults(args, moe_expert_count=32, moe_freq=2)
+    base_architecture(args)
+
+
+@register_model_architecture("transformer_taskmoe", "transformer_taskmoe_big")
+def big_architecture(args):
+    """Transformer-big (d=1024, FFN 4096, 16 heads) with 32 experts in every other layer."""
+    _moe_defaults(args, moe_expert_count=32, moe_freq=2)
+    transformer_wmt_en_de_big(args)

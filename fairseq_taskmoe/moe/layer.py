@@ -1,0 +1,101 @@
+"""The MoE FFN block: router + top-k + capacity + experts, with its aux loss.
+
+Legend: L length, B batch, D model dim, T routed (non-pad) tokens, E experts,
+K experts per token.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from fairseq_taskmoe.moe.experts import StackedExperts, dispatch_combine
+from fairseq_taskmoe.moe.router import Router
+from fairseq_taskmoe.moe.routing import apply_capacity, capacity, load_balancing_loss, top_k_experts
+
+
+class MoEStats(NamedTuple):
+    """What one MoE layer reports to the criterion (all tensors)."""
+
+    aux_loss: Tensor  # () GShard load-balancing loss, 1.0 when balanced
+    expert_counts: Tensor  # (E,) kept token assignments per expert
+    dropped: Tensor  # () assignments dropped by capacity
+    assigned: Tensor  # () assignments before capacity
+
+
+class MoELayer(nn.Module):
+    """Replaces a transformer FFN: ``y = sum_k w_k * expert_k(x)``.
+
+    ``expert_group`` (set by ``fairseq_taskmoe.parallel``) shards the experts
+    over ranks; without it all E experts are local.
+    """
+
+    def __init__(self, embed_dim, ffn_dim, num_experts, routing, top_k, activation_fn,
+                 activation_dropout=0.0, num_tasks=0, causal=False, capacity_factor=1.25,
+                 eval_capacity_factor=0.0, dropless=False, second_policy="all",
+                 gate_fp32=True, num_local_experts=None):
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"--moe-expert-count must be >= 1, got {num_experts}")
+        if top_k > num_experts:
+            raise ValueError(f"--moe-top-k ({top_k}) must be <= --moe-expert-count ({num_experts})")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.routing = routing
+        self.second_policy = second_policy
+        # Sentence and task routing send a whole sentence/task to K experts: a
+        # batch dominated by one task would overflow any fixed capacity.
+        self.dropless = dropless or routing != "token"
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.router = Router(routing, embed_dim, num_experts, num_tasks, causal, gate_fp32)
+        self.experts = StackedExperts(num_local_experts or num_experts, embed_dim, ffn_dim,
+                                      activation_fn, activation_dropout)
+        self.expert_fn = None  # replaced by the expert-parallel wrapper when sharded
+
+    def route(self, x_bld: Tensor, mask: Tensor, task_ids: Optional[Tensor], incremental_state=None):
+        """Routing decision and stats for the routed tokens ``x_bld[mask]``."""
+        unit_logits, token_unit = self.router(x_bld, mask, task_ids, incremental_state)
+        unit_probs, unit_idx, unit_w = top_k_experts(
+            unit_logits, self.top_k, self.second_policy, self.training
+        )
+        probs = unit_probs[token_unit]  # (T, E)
+        expert_idx, weights = unit_idx[token_unit], unit_w[token_unit]  # (T, K)
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        cap = None if self.dropless or factor <= 0 else capacity(
+            probs.size(0), self.num_experts, self.top_k, factor)
+        routing = apply_capacity(expert_idx, weights, self.num_experts, cap)
+        assigned = (weights > 0).sum()
+        kept = routing.keep.sum()
+        counts = torch.bincount(expert_idx[routing.keep], minlength=self.num_experts)
+        stats = MoEStats(
+            aux_loss=load_balancing_loss(probs, expert_idx[:, 0]),
+            expert_counts=counts.float(),
+            dropped=(assigned - kept).float(),
+            assigned=assigned.float(),
+        )
+        return routing, stats
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor], task_ids: Optional[Tensor] = None,
+                incremental_state=None):
+        """
+        Args:
+            x: (L, B, D) time-major, as in fairseq layers.
+            padding_mask: (B, L) True at padding, or None.
+            task_ids: (B,) long.
+        Returns:
+            y (L, B, D) with zeros at padding, and ``MoEStats``.
+        """
+        x_bld = x.transpose(0, 1)  # (B, L, D)
+        if padding_mask is None:
+            mask = torch.ones(x_bld.shape[:2], dtype=torch.bool, device=x.device)
+        else:
+            mask = ~padding_mask
+        routing, stats = self.route(x_bld, mask, task_ids, incremental_state)
+        tokens = x_bld[mask]  # (T, D)
+        run = self.expert_fn or self.experts.forward_sorted
+        y_tokens = dispatch_combine(tokens, routing, self.num_experts, run)  # (T, D)
+        y = x_bld.new_zeros(x_bld.shape)
+        y[mask] = y_tokens.to(y.dtype)
+        return y.transpose(0, 1), stats

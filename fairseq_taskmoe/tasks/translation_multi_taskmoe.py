@@ -1,0 +1,98 @@
+"""Task ``translation_multi_simple_epoch_taskmoe``.
+
+fairseq's ``translation_multi_simple_epoch`` plus task ids: every batch (which
+mixes language pairs) gets ``net_input["task_ids"]``, a (B,) LongTensor built
+from each sentence's language pair under ``--moe-task-by``. Language ids come
+from fairseq's own ``--enable-lang-ids`` machinery, which this task switches
+on; the mapping goes through language *names*, so it does not depend on the
+language order at inference.
+"""
+
+import torch
+from fairseq.tasks import register_task
+from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
+
+from fairseq_taskmoe.config import TASK_BY_CHOICES
+
+
+def task_key(task_by: str, src: str, tgt: str) -> str:
+    """The task a (source, target) language pair belongs to."""
+    if task_by == "target_lang":
+        return tgt
+    if task_by == "source_lang":
+        return src
+    if task_by == "lang_pair":
+        return f"{src}-{tgt}"
+    raise ValueError(f"--moe-task-by must be one of {', '.join(map(str, TASK_BY_CHOICES))}; got {task_by!r}")
+
+
+def task_names_for_pairs(task_by: str, lang_pairs) -> list:
+    """Sorted task names covering ``lang_pairs`` (['en-de', 'de-en', ...])."""
+    names = set()
+    for pair in lang_pairs:
+        src, tgt = pair.split("-")
+        names.add(task_key(task_by, src, tgt))
+    return sorted(names)
+
+
+@register_task("translation_multi_simple_epoch_taskmoe")
+class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
+    def __init__(self, args, langs, dicts, training):
+        # Batches keep per-sentence language ids (src_lang_id / tgt_lang_id).
+        args.enable_lang_ids = True
+        super().__init__(args, langs, dicts, training)
+        self.moe_task_by = None
+        self.moe_task_names = None
+
+    def build_model(self, args, from_checkpoint=False):
+        task_by = str(getattr(args, "moe_task_by", None) or "target_lang")
+        if not getattr(args, "moe_task_names", None):
+            # First build (training): one task per target language / pair / source language.
+            args.moe_task_names = ",".join(task_names_for_pairs(task_by, self.lang_pairs))
+        self.moe_task_by = task_by
+        self.moe_task_names = args.moe_task_names.split(",")
+        return super().build_model(args, from_checkpoint)
+
+    def task_id(self, src: str, tgt: str) -> int:
+        key = task_key(self.moe_task_by, src, tgt)
+        if key not in self.moe_task_names:
+            raise ValueError(
+                f"language pair {src}-{tgt} is task {key!r} under --moe-task-by {self.moe_task_by}, "
+                f"which the model was not trained on; known tasks: {', '.join(self.moe_task_names)}"
+            )
+        return self.moe_task_names.index(key)
+
+    def add_task_ids(self, sample):
+        """Put ``task_ids`` (B,) into ``sample["net_input"]`` (in place)."""
+        if sample is None or "net_input" not in sample or self.moe_task_names is None:
+            return sample
+        net_input = sample["net_input"]
+        src_tokens = net_input["src_tokens"]
+        lang_dict = self.data_manager.lang_dict
+        if "src_lang_id" in net_input and "tgt_lang_id" in sample:
+            src_ids = net_input["src_lang_id"].view(-1).tolist()
+            tgt_ids = sample["tgt_lang_id"].view(-1).tolist()
+            cache = {}
+            ids = []
+            for s, t in zip(src_ids, tgt_ids):
+                if (s, t) not in cache:
+                    cache[(s, t)] = self.task_id(lang_dict[s], lang_dict[t])
+                ids.append(cache[(s, t)])
+        else:
+            # Inference datasets (fairseq-interactive) carry no language ids:
+            # the pair is the one given with -s/-t.
+            ids = [self.task_id(self.args.source_lang, self.args.target_lang)] * src_tokens.size(0)
+        net_input["task_ids"] = torch.tensor(ids, dtype=torch.long, device=src_tokens.device)
+        return sample
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self.add_task_ids(sample)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        self.add_task_ids(sample)
+        return super().valid_step(sample, model, criterion)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        self.add_task_ids(sample)
+        return super().inference_step(generator, models, sample, prefix_tokens, constraints)
