@@ -1,26 +1,13 @@
-"""Shared fixtures: a tiny multilingual corpus binarized with fairseq_cli.preprocess.
-
-Also puts the venv's ``bin`` on PATH so tests can drive the real CLIs
-(``fairseq-train``, ``fairseq-generate``, ...) of the interpreter running them.
-"""
-
-import os
-import random
-import subprocess
-import sys
-from pathlib import Path
+"""Shared fixtures. Helper functions live in ``taskmoe_testlib`` (re-exported here)."""
 
 import pytest
 import torch
 
 import fairseq_taskmoe  # noqa: F401  (registers the plugin, installs the safe loader)
-
-REPO = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = REPO / "fairseq_taskmoe"
-BIN = Path(sys.executable).parent
-LANGS = ("de", "fr", "es")
-LANG_PAIRS = ",".join(f"en-{l},{l}-en" for l in LANGS)
-WORDS = "the a cat dog house tree runs big small red blue green eats sees old new".split()
+from taskmoe_testlib import (  # noqa: F401
+    BIN, LANG_PAIRS, LANGS, PLUGIN_DIR, REPO, binarize, multilingual_task_args, run_cli, train_args,
+    write_toy_corpus,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,46 +19,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _translate(words, lang):
-    # A deterministic toy "language": a per-language suffix on every word.
-    return " ".join(w + {"de": "en", "fr": "eau", "es": "o"}[lang] for w in words)
-
-
-def write_toy_corpus(raw: Path, langs=LANGS, n_train=240, n_eval=16, seed=0):
-    rng = random.Random(seed)
-    raw.mkdir(parents=True, exist_ok=True)
-    for lang in langs:
-        for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
-            src, tgt = [], []
-            for _ in range(n):
-                words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
-                src.append(" ".join(words))
-                tgt.append(_translate(words, lang))
-            (raw / f"{split}.en-{lang}.en").write_text("\n".join(src) + "\n")
-            (raw / f"{split}.en-{lang}.{lang}").write_text("\n".join(tgt) + "\n")
-
-
-def binarize(raw: Path, dest: Path, langs=LANGS):
-    """Joint dictionary over all languages, then one binarization per en-X pair."""
-    from fairseq_cli import preprocess
-
-    dest.mkdir(parents=True, exist_ok=True)
-    joint = raw / "joint.txt"
-    joint.write_text("".join((raw / f"train.en-{l}.{side}").read_text()
-                             for l in langs for side in ("en", l)))
-    args = preprocess.get_parser().parse_args([
-        "--only-source", "--trainpref", str(joint), "--destdir", str(raw / "dict"), "--workers", "1"])
-    preprocess.main(args)
-    for lang in langs:
-        args = preprocess.get_parser().parse_args([
-            "--source-lang", "en", "--target-lang", lang, "--trainpref", str(raw / f"train.en-{lang}"),
-            "--validpref", str(raw / f"valid.en-{lang}"), "--testpref", str(raw / f"test.en-{lang}"),
-            "--destdir", str(dest), "--srcdict", str(raw / "dict" / "dict.txt"),
-            "--tgtdict", str(raw / "dict" / "dict.txt"), "--workers", "1"])
-        preprocess.main(args)
-    return dest
-
-
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     """Binarized en<->{de,fr,es} toy corpus for translation_multi_simple_epoch."""
@@ -79,31 +26,3 @@ def toy_data(tmp_path_factory):
     write_toy_corpus(root / "raw")
     return binarize(root / "raw", root / "bin")
 
-
-def run_cli(name, args, cwd=None, input_text=None, timeout=600, env_extra=None):
-    """Run a console script of this venv; fail the test with its output on error."""
-    env = dict(os.environ)
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(env_extra or {})
-    proc = subprocess.run([str(BIN / name), *map(str, args)], cwd=cwd, input=input_text,
-                          capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def multilingual_task_args(data, lang_pairs=LANG_PAIRS):
-    return [data, "--user-dir", PLUGIN_DIR, "--task", "translation_multi_simple_epoch_taskmoe",
-            "--lang-pairs", lang_pairs, "--encoder-langtok", "src", "--decoder-langtok"]
-
-
-def train_args(save_dir, max_update=3, extra=()):
-    return ["--arch", "transformer_taskmoe_tiny", "--criterion", "label_smoothed_cross_entropy_moe",
-            "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "0.003", "--max-tokens", "400",
-            "--max-update", str(max_update), "--save-dir", save_dir, "--no-progress-bar",
-            "--log-format", "simple", "--log-interval", "1", "--num-workers", "0", "--seed", "1",
-            "--sampling-method", "temperature", "--sampling-temperature", "1.5",
-            "--no-epoch-checkpoints", *extra]
