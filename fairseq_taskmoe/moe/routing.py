@@ -58,7 +58,7 @@ def top_k_experts(
     masked = logits.float().scatter(-1, first, float("-inf"))  # (S, E)
     if training and second_policy == "sampling":
         u = torch.rand(masked.shape, device=masked.device, generator=generator)
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
         second = (masked + gumbel).argmax(dim=-1, keepdim=True)
     else:
         second = masked.argmax(dim=-1, keepdim=True)

@@ -1,0 +1,148 @@
+"""MoE layer: equivalences with a dense FFN and a naive reference, routing semantics."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairseq_taskmoe.moe.layer import MoELayer
+
+D, FF = 16, 32
+
+
+def make_layer(num_experts=4, routing="token", top_k=2, num_tasks=3, causal=False, **kw):
+    torch.manual_seed(0)
+    return MoELayer(D, FF, num_experts, routing, top_k, F.relu, num_tasks=num_tasks, causal=causal, **kw)
+
+
+def naive_moe(layer, x, mask, task_ids):
+    """Reference: loop over tokens, sum_k w_k * expert_k(x) (same routing decision)."""
+    x_bld = x.transpose(0, 1)
+    routing, _ = layer.route(x_bld, mask, task_ids)
+    tokens = x_bld[mask]
+    out = torch.zeros_like(tokens)
+    ex = layer.experts
+    for t in range(tokens.size(0)):
+        for j in range(routing.expert_idx.size(1)):
+            if routing.keep[t, j]:
+                e = routing.expert_idx[t, j]
+                h = F.relu(tokens[t] @ ex.fc1_weight[e].t() + ex.fc1_bias[e])
+                out[t] += routing.weights[t, j] * (h @ ex.fc2_weight[e].t() + ex.fc2_bias[e])
+    y = torch.zeros_like(x_bld)
+    y[mask] = out
+    return y.transpose(0, 1)
+
+
+def batch(bsz=5, length=7, pad_last=True):
+    torch.manual_seed(1)
+    x = torch.randn(length, bsz, D)
+    pad = torch.zeros(bsz, length, dtype=torch.bool)
+    if pad_last:
+        pad[0, -3:] = True
+        pad[2, -1:] = True
+    return x, pad
+
+
+def test_one_expert_equals_dense_ffn_forward_and_grads():
+    layer = make_layer(num_experts=1, top_k=1)
+    dense1, dense2 = nn.Linear(D, FF), nn.Linear(FF, D)
+    with torch.no_grad():
+        dense1.weight.copy_(layer.experts.fc1_weight[0]); dense1.bias.copy_(layer.experts.fc1_bias[0])
+        dense2.weight.copy_(layer.experts.fc2_weight[0]); dense2.bias.copy_(layer.experts.fc2_bias[0])
+    x, pad = batch(pad_last=False)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_moe, _ = layer(x1, None)
+    y_dense = dense2(F.relu(dense1(x2)))
+    torch.testing.assert_close(y_moe, y_dense)
+    g = torch.randn_like(y_dense)
+    (y_moe * g).sum().backward()
+    (y_dense * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(layer.experts.fc1_weight.grad[0], dense1.weight.grad)
+    torch.testing.assert_close(layer.experts.fc2_weight.grad[0], dense2.weight.grad)
+    torch.testing.assert_close(layer.experts.fc1_bias.grad[0], dense1.bias.grad)
+    torch.testing.assert_close(layer.experts.fc2_bias.grad[0], dense2.bias.grad)
+
+
+@pytest.mark.parametrize("routing", ["token", "sentence", "sentence-pooled", "task"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_sorted_dispatch_equals_naive_reference(routing, top_k):
+    layer = make_layer(routing=routing, top_k=top_k, capacity_factor=0.5)
+    layer.eval()
+    x, pad = batch()
+    task_ids = torch.tensor([0, 1, 2, 1, 0])
+    y, _ = layer(x, pad, task_ids)
+    ref = naive_moe(layer, x, ~pad, task_ids)
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_token_capacity_drops_and_reports_overflow():
+    layer = make_layer(capacity_factor=0.5)
+    layer.train()
+    x, pad = batch()
+    y, stats = layer(x, pad)
+    n_tokens = int((~pad).sum())
+    assert stats.assigned.item() == 2 * n_tokens
+    cap = -(-0.5 * 2 * n_tokens // 4)
+    assert stats.dropped.item() > 0
+    assert torch.all(stats.expert_counts <= cap)
+    assert stats.expert_counts.sum().item() + stats.dropped.item() == 2 * n_tokens
+
+
+def test_task_routing_same_experts_and_weights_for_all_tokens_of_a_task():
+    layer = make_layer(routing="task")
+    x, pad = batch()
+    task_ids = torch.tensor([0, 1, 2, 1, 0])
+    routing, _ = layer.route(x.transpose(0, 1), ~pad, task_ids)
+    token_task = task_ids.unsqueeze(1).expand(-1, x.size(0))[~pad]
+    for t in range(3):
+        sel = token_task == t
+        assert (routing.expert_idx[sel] == routing.expert_idx[sel][0]).all()
+        assert torch.equal(routing.weights[sel], routing.weights[sel][:1].expand_as(routing.weights[sel]))
+    # task routing ignores the token content entirely
+    routing2, _ = layer.route(torch.randn_like(x).transpose(0, 1), ~pad, task_ids)
+    assert torch.equal(routing.expert_idx, routing2.expert_idx)
+
+
+@pytest.mark.parametrize("routing", ["sentence", "sentence-pooled"])
+def test_sentence_routing_one_choice_per_sentence_and_padding_ignored(routing):
+    layer = make_layer(routing=routing)
+    x, pad = batch()
+    r, _ = layer.route(x.transpose(0, 1), ~pad, None)
+    sent = torch.arange(5).unsqueeze(1).expand(-1, x.size(0))[~pad]
+    for b in range(5):
+        assert (r.expert_idx[sent == b] == r.expert_idx[sent == b][0]).all()
+    # changing padded positions changes nothing
+    x2 = x.clone()
+    x2[-3:, 0] = 1e3
+    r2, _ = layer.route(x2.transpose(0, 1), ~pad, None)
+    assert torch.equal(r.expert_idx, r2.expert_idx) and torch.equal(r.weights, r2.weights)
+
+
+def test_padding_never_routed_or_counted():
+    layer = make_layer()
+    layer.eval()
+    x, pad = batch()
+    y, stats = layer(x, pad)
+    assert torch.all(y.transpose(0, 1)[pad] == 0)
+    assert stats.assigned.item() == 2 * int((~pad).sum())
+    assert stats.expert_counts.sum().item() == 2 * int((~pad).sum())
+
+
+@pytest.mark.parametrize("routing", ["sentence", "sentence-pooled", "token", "task"])
+def test_decoder_incremental_equals_full_sequence(routing):
+    """Causal sentence routing: step-by-step decoding routes like the full pass."""
+    layer = make_layer(routing=routing, causal=True)
+    layer.eval()
+    x, _ = batch(pad_last=False)
+    task_ids = torch.tensor([0, 1, 2, 1, 0])
+    full, _ = layer(x, None, task_ids)
+    state = {}
+    steps = [layer(x[t:t + 1], None, task_ids, incremental_state=state)[0] for t in range(x.size(0))]
+    torch.testing.assert_close(torch.cat(steps, 0), full, atol=1e-6, rtol=1e-5)
+
+
+def test_expert_params_tagged_for_legacy_ddp():
+    layer = make_layer()
+    assert all(getattr(p, "expert", False) for p in layer.experts.parameters())
+    assert not any(getattr(p, "expert", False) for p in layer.router.parameters())
