@@ -146,11 +146,18 @@ def layer_plan(cfg: MoEConfig, side: str, num_layers: int) -> List[Optional[dict
 
 
 def flag_table_markdown() -> str:
-    """Markdown table of every --moe-* model flag (for the README)."""
-    rows = ["| flag | default | help |", "| --- | --- | --- |"]
-    for f in fields(MoEConfig):
-        default = f.default
-        rows.append(f"| `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
+    """Markdown table of every --moe-* flag (model and criterion), for the README."""
+    from fairseq_taskmoe.criterions.label_smoothed_cross_entropy_moe import (
+        LabelSmoothedCrossEntropyMoECriterionConfig,
+    )
+
+    rows = ["| flag | default | where | help |", "| --- | --- | --- | --- |"]
+    sources = [(f, "model") for f in fields(MoEConfig) if f.name.startswith("moe_")]
+    sources += [(f, "criterion") for f in fields(LabelSmoothedCrossEntropyMoECriterionConfig)
+                if f.name.startswith("moe_")]
+    for f, where in sources:
+        help_text = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.default}` | {where} | {help_text} |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,24 @@
+"""Print the demo's side-by-side: full vs extracted BLEU, and the size reduction."""
+
+import json
+import sys
+from pathlib import Path
+
+out, pair = Path(sys.argv[1]), sys.argv[2]
+full = json.loads((out / "scores_full.json").read_text())
+ext = json.loads((out / "scores_extracted.json").read_text())
+card = json.loads((out / f"extract-{pair}" / "extract.json").read_text())
+f, e = full["pairs"][pair], ext["pairs"][pair]
+same = f["hypotheses"] == e["hypotheses"]
+print(f"\n{'model':<22}{'BLEU':>8}{'chrF':>8}{'params':>12}{'decoder params':>16}")
+print(f"{'full task-MoE':<22}{f['bleu']:>8.2f}{f['chrf']:>8.2f}"
+      f"{card['params']['full']['total']:>12,}{card['params']['full']['decoder']:>16,}")
+print(f"{'extracted ' + pair:<22}{e['bleu']:>8.2f}{e['chrf']:>8.2f}"
+      f"{card['params']['extracted']['total']:>12,}{card['params']['extracted']['decoder']:>16,}")
+print(f"\nidentical hypotheses, line by line: {same}")
+print(f"size: {card['params']['extracted']['total'] / card['params']['full']['total']:.1%} of the full model; "
+      f"decoder experts kept: {card['decoder_expert_fraction']:.1%}")
+print(f"average over all {len(full['pairs'])} directions (full model): BLEU {full['avg_bleu']:.2f}, "
+      f"chrF {full['avg_chrf']:.2f}")
+if not same:
+    sys.exit("extracted model's output differs from the full model's")
