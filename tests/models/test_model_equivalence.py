@@ -118,3 +118,28 @@ def test_bad_flags_are_clear_errors(flag, value, match):
     tiny_architecture(args)
     with pytest.raises(ValueError, match=match):
         TransformerTaskMoEModel.build_model(args, FakeTask())
+
+
+@pytest.mark.parametrize("routing", ["token", "sentence", "sentence-pooled"])
+def test_beam_reordering_of_causal_sentence_routing_state(routing):
+    """Reordering mid-decode (as beam search does) keeps the router's prefix state aligned."""
+    task, _, model = build_pair(moe_freq=2, moe_expert_count=4, moe_encoder_routing="token",
+                                moe_decoder_routing=routing)
+    src, lengths, prev = inputs(task)
+    prev[1, -2:] = 5
+    # Rows 0-1 and 2-3 are two beams of one sentence each, as in beam search:
+    # fairseq only reorders within a sentence's beams (cross-attention caches rely on it).
+    src, lengths = src[[0, 0, 1, 1]], lengths[[0, 0, 1, 1]]
+    task_ids = torch.tensor([0, 0, 1, 1])
+    order = torch.tensor([1, 1, 3, 2])
+    full, _ = model(src[order], lengths[order], prev[order], task_ids=task_ids[order])
+    enc = model.encoder(src, src_lengths=lengths, task_ids=task_ids)
+    state = {}
+    outs = [model.decoder(prev[:, :t + 1], encoder_out=enc, incremental_state=state)[0] for t in range(2)]
+    model.decoder.reorder_incremental_state_scripting(state, order)
+    enc = model.encoder.reorder_encoder_out(enc, order)
+    prev = prev[order]
+    outs = [o[order] for o in outs]
+    outs += [model.decoder(prev[:, :t + 1], encoder_out=enc, incremental_state=state)[0]
+             for t in range(2, prev.size(1))]
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)

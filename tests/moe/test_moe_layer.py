@@ -146,3 +146,31 @@ def test_expert_params_tagged_for_legacy_ddp():
     layer = make_layer()
     assert all(getattr(p, "expert", False) for p in layer.experts.parameters())
     assert not any(getattr(p, "expert", False) for p in layer.router.parameters())
+
+
+@pytest.mark.parametrize("routing", ["token", "task"])
+def test_bf16_layer_close_to_fp32_and_gate_softmax_in_fp32(routing):
+    layer = make_layer(routing=routing, gate_fp32=True)
+    layer.eval()
+    x, pad = batch()
+    task_ids = torch.tensor([0, 1, 2, 1, 0])
+    y32, _ = layer(x, pad, task_ids)
+    r32, _ = layer.route(x.transpose(0, 1), ~pad, task_ids)
+    layer16 = layer.to(torch.bfloat16)
+    y16, stats = layer16(x.to(torch.bfloat16), pad, task_ids)
+    assert y16.dtype == torch.bfloat16 and stats.aux_loss.dtype == torch.float32
+    r16, _ = layer16.route(x.to(torch.bfloat16).transpose(0, 1), ~pad, task_ids)
+    assert r16.weights.dtype == torch.float32
+    assert (r16.expert_idx == r32.expert_idx).float().mean() > 0.9  # fp32 gate: same choices
+    torch.testing.assert_close(y16.float(), y32, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_matches_cpu_fp32():
+    layer = make_layer(routing="token")
+    layer.eval()
+    x, pad = batch()
+    y_cpu, _ = layer(x, pad)
+    layer_gpu = layer.cuda().to(torch.bfloat16)
+    y_gpu, _ = layer_gpu(x.cuda().to(torch.bfloat16), pad.cuda())
+    torch.testing.assert_close(y_gpu.float().cpu(), y_cpu, atol=0.1, rtol=0.05)
