@@ -143,8 +143,8 @@ def build(args, progress):
         with open(os.path.join(tmp, "lang_pairs.txt"), "w") as fh:
             fh.write(",".join(p for l in langs for p in ("en-" + l, l + "-en")) + "\n")
         counts = {l: {s: len(chosen[l][s]) for s in SPLITS} for l in langs}
-        card = dict(
-            name=os.path.basename(out), languages=["en"] + langs, counts=counts, sources=source_rows,
+        card = dict(  # "languages" are the targets; English is the hub
+            name=os.path.basename(out), languages=langs, counts=counts, sources=source_rows,
             dropped=dict(corpus.dropped), corrupt_files=corpus.corrupt_files,
             unnamed_catalog_langs=dict(corpus.skipped_langs),
             all_languages_train_pairs={l: len(s["train"]) for l, s in sorted(splits.items())},
@@ -153,7 +153,6 @@ def build(args, progress):
             built_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             seconds=time.time() - start, command=" ".join(["fairseq-taskmoe-prepare-data"] + sys.argv[1:]),
         )
-        card["languages"] = langs  # targets; English is the hub
         write_card(tmp, card)
         if os.path.exists(out):  # --force: swap, then delete the old tree
             old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
