@@ -12,6 +12,7 @@ from fairseq.models.transformer.transformer_legacy import base_architecture, tra
 from fairseq_taskmoe.config import MoEConfig, moe_config_from_args, task_names
 from fairseq_taskmoe.models.decoder import TaskMoEDecoder
 from fairseq_taskmoe.models.encoder import TaskMoEEncoder
+from fairseq_taskmoe.parallel import shard_experts_for_expert_parallel  # expert parallel (issue 6)
 
 
 @register_model("transformer_taskmoe")
@@ -61,7 +62,8 @@ class TransformerTaskMoEModel(TransformerModel):
             dec_embed = cls.build_embedding(cfg, tgt_dict, cfg.decoder.embed_dim, cfg.decoder.embed_path)
         encoder = TaskMoEEncoder(cfg, moe_cfg, src_dict, enc_embed)
         decoder = TaskMoEDecoder(cfg, moe_cfg, tgt_dict, dec_embed, no_encoder_attn=cfg.no_cross_attention)
-        return cls(args, encoder, decoder)
+        # expert parallel (issue 6): keep this rank's experts when distributed, no-op otherwise
+        return shard_experts_for_expert_parallel(cls(args, encoder, decoder), args)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, task_ids=None,
                 return_all_hiddens: bool = True, features_only: bool = False,

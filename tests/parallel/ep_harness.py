@@ -1,0 +1,114 @@
+"""A tiny MoE model and one fairseq-style training step, run on W = 1 or under
+``torch.multiprocessing.spawn`` with gloo (shared by the parallel tests).
+
+The step reproduces fairseq's gradient pipeline: summed loss, legacy_ddp's
+average of non-expert grads over ranks, then every grad times W / sample_size
+(sample size summed over ranks), then clipping.
+"""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairseq_taskmoe.moe.layer import MoELayer
+from fairseq_taskmoe.parallel.checkpoint import gather_dim0_to_rank0
+from fairseq_taskmoe.parallel.optimizer import ExpertParallelAdam, clip_grad_norm_expert_parallel
+from fairseq_taskmoe.parallel.sharding import shard_experts_for_expert_parallel
+
+E, D, FFN, V, L, B = 4, 8, 16, 11, 5, 4
+
+
+class TinyMoE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(V, D)
+        self.moe_token = MoELayer(D, FFN, E, "token", 2, torch.relu, dropless=True)
+        self.moe_task = MoELayer(D, FFN, E, "task", 2, torch.relu, num_tasks=3)
+        self.out = nn.Linear(D, V)
+
+    def forward(self, tokens, pad, task_ids):  # tokens (L, B), pad (B, L)
+        x = self.embed(tokens)  # (L, B, D)
+        y, _ = self.moe_token(x, pad, task_ids)
+        x = x + y
+        y, _ = self.moe_task(x, pad, task_ids)
+        return self.out(x + y)  # (L, B, V)
+
+
+def global_batch():
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, V, (L, B), generator=g)
+    targets = torch.randint(0, V, (L, B), generator=g)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[1, 3:] = True
+    pad[2, 4:] = True
+    task_ids = torch.tensor([0, 1, 1, 2])
+    return tokens, targets, pad, task_ids
+
+
+def build(seed=0):
+    torch.manual_seed(seed)
+    return shard_experts_for_expert_parallel(TinyMoE())
+
+
+def train_step(model, opt, rank, world, clip=0.05):
+    tokens, targets, pad, task_ids = global_batch()
+    cols = slice(rank * B // world, (rank + 1) * B // world)
+    tokens, targets, pad, task_ids = tokens[:, cols], targets[:, cols], pad[cols], task_ids[cols]
+    logits = model(tokens, pad, task_ids)
+    keep = ~pad.t()
+    loss = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
+    loss.backward()
+    stats = torch.stack([loss.detach(), keep.sum().float()])
+    if world > 1:
+        for p in model.parameters():
+            if not hasattr(p, "expert"):
+                p.grad /= world
+                dist.all_reduce(p.grad)
+        dist.all_reduce(stats)
+    for p in model.parameters():
+        p.grad *= world / stats[1]
+    norm = clip_grad_norm_expert_parallel(model.parameters(), clip)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    return stats[0], norm, grads
+
+
+def full(name, t, world):
+    """The W = 1 view of a (possibly expert-sharded) tensor, on rank 0."""
+    if world == 1 or "experts." not in name:
+        return t.detach().clone()
+    return gather_dim0_to_rank0(t)
+
+
+def run_step(rank, world, out_path):
+    """One step; rank 0 saves loss, norm, grads and params (all experts) to out_path."""
+    model = build()
+    opt = ExpertParallelAdam(model.parameters(), lr=0.01)
+    loss, norm, grads = train_step(model, opt, rank, world)
+    result = {"loss": loss, "norm": norm,
+              "grads": {n: full(n, g, world) for n, g in grads.items()},
+              "params": {n: full(n, p, world) for n, p in model.named_parameters()}}
+    if world > 1:  # the checkpoint path: gather on all ranks, rank 0 writes
+        opt.consolidate_state_dict()
+    if rank == 0:
+        result["model_sd"] = model.state_dict()
+        result["opt_sd"] = opt.state_dict()
+        torch.save(result, out_path)
+    return model, opt
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_gloo(rank, world, port):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
