@@ -36,10 +36,9 @@ def gather_dim0_to_rank0(t: Tensor, group=None):
 def slice_dim0(t: Tensor, rank: int, world: int, local_rows: int, what: str) -> Tensor:
     """This rank's ``local_rows`` rows of a full (world*local_rows, ...) tensor.
 
-    A tensor that already has ``local_rows`` rows is a shard and is returned as is.
+    Every rank reads the same file (fairseq loads on rank 0 and broadcasts), so
+    only complete checkpoints are accepted, never a per-rank piece.
     """
-    if t.size(0) == local_rows:
-        return t
     if t.size(0) != local_rows * world:
         raise ValueError(
             f"{what}: checkpoint has {t.size(0)} experts, but this run has {local_rows} local "

@@ -56,6 +56,9 @@ class ExpertParallelAdam(Adam):
     def state_dict(self):
         sd = super().state_dict()
         params = self._indexed_params()
+        # Which entries are experts, for fairseq-taskmoe-merge-shards (shapes alone are
+        # ambiguous: a router's (E, D) gate looks like an (E, D) expert bias).
+        sd["expert_param_indices"] = [i for i, p in enumerate(params) if hasattr(p, "expert")]
         if not any(_shard(p) for p in params):
             return sd
         full, self._full_expert_state = self._full_expert_state, None
@@ -80,6 +83,7 @@ class ExpertParallelAdam(Adam):
                             if torch.is_tensor(v) and v.dim() > 0 and v.shape[1:] == p.shape[1:]
                             else v)
                         for k, v in state[i].items()}
+        state_dict = {k: v for k, v in state_dict.items() if k != "expert_param_indices"}
         super().load_state_dict({**state_dict, "state": state})
 
 

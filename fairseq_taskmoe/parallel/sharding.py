@@ -47,6 +47,10 @@ def check_training_args(args, world: int):
         raise ValueError(f"expert parallel (world size {world}) needs --optimizer one of "
                          f"{', '.join(EP_OPTIMIZERS)}; got {optimizer!r} (only it gathers every "
                          "rank's experts before fairseq saves on rank 0)")
+    if hasattr(args, "load_checkpoint_on_all_dp_ranks") and not args.load_checkpoint_on_all_dp_ranks:
+        raise ValueError("expert parallel needs --load-checkpoint-on-all-dp-ranks: otherwise fairseq "
+                         "loads on rank 0 and broadcasts the state as a pickle holding an omegaconf "
+                         "DictConfig, which torch's safe loader refuses on the other ranks at resume")
     if getattr(args, "no_save_optimizer_state", False):
         raise ValueError("expert parallel does not support --no-save-optimizer-state: fairseq then "
                          "skips the all-rank hook that gathers experts for the checkpoint")

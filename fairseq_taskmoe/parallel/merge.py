@@ -1,0 +1,227 @@
+"""``fairseq-taskmoe-merge-shards``: per-rank expert shards <-> one checkpoint.
+
+Expert-parallel training already writes complete checkpoints (all E experts,
+gathered to rank 0, see checkpoint.py), and resumes from them at any world
+size W that divides E. Shard sets are for moving or archiving per-rank pieces:
+
+    fairseq-taskmoe-merge-shards split CKPT --world-size W [--out-dir D]
+        -> D/NAME.ep{r}-of-{W}.pt, each with its rank's E/W experts
+    fairseq-taskmoe-merge-shards merge SHARD [--out OUT]
+        -> one checkpoint (any shard of the set names the set)
+
+Each shard carries ``expert_parallel = {rank, world_size, set_id, num_updates}``;
+merging refuses missing ranks and shards of another set. Writes go to a temp
+file then ``os.replace``; an existing output is refused without ``--force``.
+"""
+
+import argparse
+import copy
+import os
+import re
+import sys
+import tempfile
+import uuid
+
+import torch
+
+from fairseq_taskmoe.parallel.checkpoint import EXPERT_PARAM_NAMES
+from fairseq_taskmoe.safe_load import load_checkpoint_safely
+
+SHARD_RE = re.compile(r"^(?P<stem>.+)\.ep(?P<rank>\d+)-of-(?P<world>\d+)\.pt$")
+
+
+def is_expert_key(key: str) -> bool:
+    return ".experts." in key and key.rsplit(".", 1)[-1] in EXPERT_PARAM_NAMES
+
+
+def shard_path(stem_path: str, rank: int, world: int) -> str:
+    return f"{stem_path}.ep{rank}-of-{world}.pt"
+
+
+def _optimizer_expert_indices(state):
+    opt = state.get("last_optimizer_state")
+    if opt is None:
+        return None
+    if "expert_param_indices" not in opt:
+        raise ValueError("the optimizer state does not say which entries are experts (checkpoint "
+                         "not written by --optimizer adam_ep); use --drop-optimizer-state")
+    return set(opt["expert_param_indices"])
+
+
+def _map_experts(state, fn):
+    """Copy of ``state`` with ``fn`` applied to every expert tensor (model and Adam moments)."""
+    out = dict(state)
+    out["model"] = {k: fn(v) if is_expert_key(k) else v for k, v in state["model"].items()}
+    indices = _optimizer_expert_indices(state)
+    if indices is not None:
+        opt = dict(state["last_optimizer_state"])
+        opt["state"] = {i: ({k: fn(v) if torch.is_tensor(v) and v.dim() > 0 else v
+                             for k, v in st.items()} if i in indices else st)
+                        for i, st in opt["state"].items()}
+        out["last_optimizer_state"] = opt
+    return out
+
+
+def split_state(state, world: int):
+    """One complete checkpoint -> ``world`` shard states (rank r keeps experts r*E/W ..)."""
+    sizes = {v.size(0) for k, v in state["model"].items() if is_expert_key(k)}
+    for e in sizes:
+        if e % world:
+            raise ValueError(f"--world-size {world} must divide every layer's expert count; "
+                             f"found {e} experts")
+    set_id = uuid.uuid4().hex
+    updates = _num_updates(state)
+    shards = []
+    for r in range(world):
+        shard = _map_experts(state, lambda t, r=r: t[r * (t.size(0) // world):
+                                                     (r + 1) * (t.size(0) // world)].clone())
+        shard["expert_parallel"] = {"rank": r, "world_size": world, "set_id": set_id,
+                                    "num_updates": updates}
+        shards.append(shard)
+    return shards
+
+
+def merge_states(shards):
+    """Shard states (any order) -> one complete checkpoint; validates the set."""
+    metas = [s.get("expert_parallel") for s in shards]
+    if any(m is None for m in metas):
+        raise ValueError("not an expert-parallel shard (no 'expert_parallel' entry); a complete "
+                         "checkpoint needs no merge")
+    world = metas[0]["world_size"]
+    for m in metas:
+        if m["set_id"] != metas[0]["set_id"] or m["world_size"] != world:
+            raise ValueError(f"shard of rank {m['rank']} belongs to another shard set "
+                             f"(set {m['set_id'][:8]}, world {m['world_size']}) than rank "
+                             f"{metas[0]['rank']} (set {metas[0]['set_id'][:8]}, world {world})")
+    ranks = sorted(m["rank"] for m in metas)
+    missing = sorted(set(range(world)) - set(ranks))
+    if missing or len(ranks) != world:
+        raise ValueError(f"incomplete shard set: world size {world}, missing rank(s) {missing}")
+    ordered = [s for _, s in sorted(zip([m["rank"] for m in metas], shards), key=lambda x: x[0])]
+    merged = copy.copy(ordered[0])
+    del merged["expert_parallel"]
+    merged["model"] = {k: (torch.cat([s["model"][k] for s in ordered], 0) if is_expert_key(k) else v)
+                       for k, v in ordered[0]["model"].items()}
+    indices = _optimizer_expert_indices(ordered[0])
+    if indices is not None:
+        opt = dict(ordered[0]["last_optimizer_state"])
+        opt["state"] = {
+            i: ({k: (torch.cat([s["last_optimizer_state"]["state"][i][k] for s in ordered], 0)
+                     if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in st.items()}
+                if i in indices else st)
+            for i, st in opt["state"].items()}
+        merged["last_optimizer_state"] = opt
+    return merged
+
+
+def _num_updates(state):
+    history = state.get("optimizer_history") or [{}]
+    return history[-1].get("num_updates")
+
+
+def shard_set_paths(path: str):
+    """All paths of the set that ``path`` (a shard) belongs to; missing ones raise."""
+    m = SHARD_RE.match(os.path.basename(path))
+    if m is None:
+        raise ValueError(f"{path}: not a shard name (expected NAME.ep<rank>-of-<world>.pt)")
+    world = int(m["world"])
+    stem = os.path.join(os.path.dirname(path), m["stem"])
+    paths = [shard_path(stem, r, world) for r in range(world)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"incomplete shard set: missing {', '.join(missing)}")
+    return paths
+
+
+def load_merged_state(path: str):
+    """A complete checkpoint state dict (all E experts) from a checkpoint or any shard of a set.
+
+    This is what ``torch.load`` of a single-process checkpoint returns.
+    """
+    state = load_checkpoint_safely(path)
+    if "expert_parallel" not in state:
+        return state
+    return merge_states([state] + [load_checkpoint_safely(p) for p in shard_set_paths(path)
+                                   if os.path.abspath(p) != os.path.abspath(path)])
+
+
+def atomic_save(obj, path: str, force: bool = False):
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _drop_optimizer(state):
+    state = dict(state)
+    state.pop("last_optimizer_state", None)
+    return state
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fairseq-taskmoe-merge-shards", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="shard set -> one checkpoint")
+    m.add_argument("shard", help="any shard of the set (NAME.ep<r>-of-<W>.pt)")
+    m.add_argument("--out", help="output checkpoint (default: NAME.pt beside the shards)")
+    s = sub.add_parser("split", help="one checkpoint -> W shards")
+    s.add_argument("checkpoint")
+    s.add_argument("--world-size", type=int, required=True)
+    s.add_argument("--out-dir", help="default: beside the checkpoint")
+    for p in (m, s):
+        p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+        p.add_argument("--drop-optimizer-state", action="store_true",
+                       help="leave the optimizer state out (needed for checkpoints not written by "
+                            "--optimizer adam_ep)")
+    args = parser.parse_args(argv)
+    if args.cmd == "merge":
+        sm = SHARD_RE.match(os.path.basename(args.shard))
+        out = args.out or (os.path.join(os.path.dirname(args.shard), sm["stem"] + ".pt")
+                           if sm else None)
+        if out is None:
+            raise ValueError(f"{args.shard}: not a shard name (expected NAME.ep<rank>-of-<world>.pt)")
+        if os.path.exists(out) and not args.force:  # before the (slow) load
+            raise FileExistsError(f"{out} exists; pass --force to overwrite")
+        shards = [load_checkpoint_safely(p) for p in shard_set_paths(args.shard)]
+        if args.drop_optimizer_state:
+            shards = [_drop_optimizer(x) for x in shards]
+        atomic_save(merge_states(shards), out, args.force)
+        print(out)
+    else:
+        if args.world_size < 1:
+            raise ValueError(f"--world-size must be >= 1, got {args.world_size}")
+        stem = os.path.splitext(os.path.basename(args.checkpoint))[0]
+        stem_path = os.path.join(args.out_dir or os.path.dirname(args.checkpoint), stem)
+        outs = [shard_path(stem_path, r, args.world_size) for r in range(args.world_size)]
+        existing = [o for o in outs if os.path.exists(o)]
+        if existing and not args.force:
+            raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+        state = load_checkpoint_safely(args.checkpoint)
+        if "expert_parallel" in state:
+            raise ValueError(f"{args.checkpoint} is already a shard; merge it first")
+        if args.drop_optimizer_state:
+            state = _drop_optimizer(state)
+        for shard, out in zip(split_state(state, args.world_size), outs):
+            atomic_save(shard, out, args.force)
+            print(out)
+
+
+def cli_main():
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"fairseq-taskmoe-merge-shards: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli_main()
