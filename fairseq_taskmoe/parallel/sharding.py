@@ -51,6 +51,9 @@ def check_training_args(args, world: int):
         raise ValueError("expert parallel needs --load-checkpoint-on-all-dp-ranks: otherwise fairseq "
                          "loads on rank 0 and broadcasts the state as a pickle holding an omegaconf "
                          "DictConfig, which torch's safe loader refuses on the other ranks at resume")
+    if getattr(args, "store_ema", False):
+        raise ValueError("expert parallel does not support --store-ema (the EMA copy's experts are "
+                         "not gathered for the checkpoint)")
     if getattr(args, "no_save_optimizer_state", False):
         raise ValueError("expert parallel does not support --no-save-optimizer-state: fairseq then "
                          "skips the all-rank hook that gathers experts for the checkpoint")
