@@ -5,7 +5,8 @@ torch's safe checkpoint loader accept fairseq checkpoints (see
 ``safe_load.py``) and registers with fairseq:
 - model ``transformer_taskmoe`` (archs ``transformer_taskmoe_{tiny,base,big}``),
 - criterion ``label_smoothed_cross_entropy_moe``,
-- task ``translation_multi_simple_epoch_taskmoe``.
+- task ``translation_multi_simple_epoch_taskmoe``,
+- optimizer ``adam_ep`` (Adam that gathers sharded experts into rank-0 checkpoints).
 """
 
 from fairseq_taskmoe.safe_load import install_safe_globals
@@ -14,4 +15,5 @@ install_safe_globals()
 
 from fairseq_taskmoe.criterions import label_smoothed_cross_entropy_moe  # noqa: E402,F401
 from fairseq_taskmoe.models import transformer_taskmoe  # noqa: E402,F401
+from fairseq_taskmoe.parallel import optimizer  # noqa: E402,F401
 from fairseq_taskmoe.tasks import translation_multi_taskmoe  # noqa: E402,F401
