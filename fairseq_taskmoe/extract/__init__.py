@@ -1,0 +1,11 @@
+"""Per-task sub-network extraction (``fairseq-taskmoe-extract``); see docs/EXTRACT.md.
+
+Files: ``fuse.py`` (pure tensor functions), ``subnet.py`` (state dict ->
+sub-network), ``stock.py`` (plugin / stock checkpoint states), ``prune.py``
+(routing statistics), ``checkpoint_io.py`` (load, atomic write), ``api.py``
+(``extract()``), ``cli.py`` (the console script).
+"""
+
+from fairseq_taskmoe.extract.api import extract
+
+__all__ = ["extract"]
