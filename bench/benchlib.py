@@ -1,0 +1,137 @@
+"""Shared helpers of the bench/ scripts: building fairseq models in-process,
+saving them as training would, and writing tables / JSON.
+
+Every bench script prints a table and writes JSON; none is a test.
+"""
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import logging
+
+import torch
+
+# fairseq's option parsing turns on root DEBUG logging; keep matplotlib's font search quiet.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = REPO / "fairseq_taskmoe"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def lang_pairs_of(data_dir) -> str:
+    """--lang-pairs of a binarized multilingual data dir (lang_pairs.txt, else en-X from file names)."""
+    listed = Path(data_dir) / "lang_pairs.txt"
+    if listed.is_file():
+        return listed.read_text().strip()
+    pairs = sorted({p.name.split(".")[1] for p in Path(data_dir).glob("train.*-*.*.idx")})
+    return ",".join(f"{p},{p.split('-')[1]}-{p.split('-')[0]}" for p in pairs)
+
+
+def task_flags(data_dir, lang_pairs=None, plugin=True):
+    task = "translation_multi_simple_epoch_taskmoe" if plugin else "translation_multi_simple_epoch"
+    flags = [str(data_dir), "--task", task, "--lang-pairs", lang_pairs or lang_pairs_of(data_dir),
+             "--encoder-langtok", "src", "--decoder-langtok"]
+    return flags + (["--user-dir", str(PLUGIN_DIR)] if plugin else [])
+
+
+def build(data_dir, model_flags, lang_pairs=None, seed=1):
+    """(model, task, args) of a random-init model, built the way fairseq-train builds it."""
+    import fairseq_taskmoe  # noqa: F401  (registers the plugin)
+    from fairseq import options, tasks, utils
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, task_flags(data_dir, lang_pairs) + ["--num-workers", "0", "--seed", str(seed)]
+        + list(map(str, model_flags)))
+    utils.import_user_module(args)
+    torch.manual_seed(seed)
+    task = tasks.setup_task(args)
+    model = task.build_model(args)
+    return model.eval(), task, args
+
+
+def save_like_training(model, args, path):
+    """A checkpoint laid out as fairseq-train writes it (cfg groups, model Namespace)."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    cfg = convert_namespace_to_omegaconf(args)
+    state = {"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+             "model": model.state_dict(), "extra_state": {"train_iterator": {"epoch": 1}},
+             "optimizer_history": [{"criterion_name": "LabelSmoothedCrossEntropyCriterion",
+                                   "optimizer_name": "Adam", "lr_scheduler_state": {}, "num_updates": 0}],
+             "last_optimizer_state": None}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def load(path, data_dir, pair=None):
+    """(model, task) of a checkpoint, task narrowed to one pair ("en-de") when given."""
+    import fairseq_taskmoe  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    overrides = {"data": str(data_dir)}
+    if pair:
+        overrides["source_lang"], overrides["target_lang"] = pair.split("-")
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides)
+    return models[0].float().eval(), task
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def environment() -> dict:
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch": torch.__version__,
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "argv": sys.argv}
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def write_json(obj, path):
+    """Atomic JSON write (a crashed run leaves the previous file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path
+
+
+def table(rows, columns) -> str:
+    """A markdown table of dict rows (numbers to 3 significant figures)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def timed(fn, min_repeats=1, min_seconds=0.0):
+    """Median seconds of ``fn()`` over at least ``min_repeats`` calls / ``min_seconds`` (after one warm-up)."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
