@@ -107,7 +107,7 @@ def write_json(obj, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str))
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,99 @@
+"""Sequence-level distillation data (Kim & Rush 2016) for bench/quality.py.
+
+The teacher's beam output on training sources becomes the student's targets:
+``fairseq-generate --gen-subset train`` per direction (H- lines, sentencepiece
+pieces, no detokenization), sources read back from the binarized train split,
+both written as piece text and binarized with ``fairseq-preprocess`` using the
+teacher's dictionary. Each direction gets its own ``train.SRC-TGT.*`` files
+(fairseq's multilingual loader prefers them over the reversed pair), and the
+valid/test files of the original data are linked in.
+"""
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+def _bin(name, python_bin):
+    return str(Path(python_bin).parent / name)
+
+
+def pair_file(data, split, src, tgt, lang):
+    """The binarized prefix holding ``lang`` of direction src->tgt (stored as en-X once)."""
+    for a, b in ((src, tgt), (tgt, src)):
+        prefix = Path(data) / f"{split}.{a}-{b}.{lang}"
+        if prefix.with_suffix(prefix.suffix + ".idx").is_file():
+            return prefix
+    raise FileNotFoundError(f"no binarized {split} data for {src}-{tgt} in {data}")
+
+
+def source_pieces(data, src, tgt, ids):
+    """Source sentences ``ids`` of the train split of src->tgt, as piece strings."""
+    from fairseq.data import Dictionary, data_utils
+
+    dictionary = Dictionary.load(str(Path(data) / f"dict.{src}.txt"))
+    dataset = data_utils.load_indexed_dataset(str(pair_file(data, "train", src, tgt, src)), dictionary)
+    return {i: dictionary.string(dataset[i]) for i in ids}
+
+
+def teacher_outputs(python_bin, ckpt, data, src, tgt, lang_pairs, task_flags, max_sentences, beam, env):
+    """{train sentence id: hypothesis pieces} for about ``max_sentences`` sources (shard 0 of K)."""
+    from fairseq.data import data_utils, Dictionary
+
+    n = len(data_utils.load_indexed_dataset(str(pair_file(data, "train", src, tgt, src)),
+                                            Dictionary.load(str(Path(data) / f"dict.{src}.txt"))))
+    shards = max(1, math.ceil(n / max_sentences)) if max_sentences else 1
+    cmd = [_bin("fairseq-generate", python_bin), *task_flags, "-s", src, "-t", tgt, "--path", str(ckpt),
+           "--gen-subset", "train", "--beam", str(beam), "--max-tokens", "8000", "--num-workers", "0",
+           "--num-shards", str(shards), "--shard-id", "0", "--max-len-a", "1.2", "--max-len-b", "10",
+           "--skip-invalid-size-inputs-valid-test"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"teacher fairseq-generate {src}-{tgt} failed:\n{proc.stderr[-3000:]}")
+    hyps = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^H-(\d+)\t[^\t]*\t(.*)$", line)
+        if m:
+            hyps[int(m.group(1))] = m.group(2)
+    return hyps
+
+
+def build_student_data(python_bin, ckpt, data, out, pairs, lang_pairs, task_flags, max_sentences, beam,
+                       env, log=print):
+    """Binarized distilled corpus in ``out`` (skipped when ``out/DONE`` exists)."""
+    out = Path(out)
+    if (out / "DONE").is_file():
+        log(f"distill: {out} exists, skipped")
+        return out
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for pair in pairs:
+        src, tgt = pair.split("-")
+        hyps = teacher_outputs(python_bin, ckpt, data, src, tgt, lang_pairs, task_flags, max_sentences,
+                               beam, env)
+        srcs = source_pieces(data, src, tgt, sorted(hyps))
+        # An empty hypothesis is what the teacher said (EOS only): kept, as in Kim & Rush.
+        ids = [i for i in sorted(hyps) if srcs[i].strip()]
+        (raw / f"train.{src}-{tgt}.{src}").write_text("".join(srcs[i] + "\n" for i in ids))
+        (raw / f"train.{src}-{tgt}.{tgt}").write_text("".join(hyps[i] + "\n" for i in ids))
+        report[pair] = len(ids)
+        log(f"distill: {pair} {len(ids)} teacher translations")
+        preprocess = [_bin("fairseq-preprocess", python_bin), "--source-lang", src, "--target-lang", tgt,
+                      "--trainpref", str(raw / f"train.{src}-{tgt}"), "--destdir", str(out),
+                      "--srcdict", str(Path(data) / f"dict.{src}.txt"),
+                      "--tgtdict", str(Path(data) / f"dict.{tgt}.txt"), "--workers", "1"]
+        proc = subprocess.run(preprocess, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fairseq-preprocess {pair} failed:\n{proc.stderr[-3000:]}")
+    for path in Path(data).iterdir():  # valid/test splits and vocabularies of the original data
+        if path.name.startswith(("valid.", "test.")) or path.name.startswith("dict.") or path.name in (
+                "spm.model", "lang_pairs.txt", "langs.txt"):
+            target = out / path.name
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            shutil.copy2(path, target) if path.name.startswith("dict.") else target.symlink_to(path.resolve())
+    (out / "DONE").write_text(str(report) + "\n")
+    return out
