@@ -1,0 +1,1 @@
+"""Analysis tools: ``routing.py`` (``fairseq-taskmoe-routing``: expert usage per language)."""
