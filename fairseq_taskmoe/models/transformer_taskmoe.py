@@ -7,6 +7,10 @@ A fairseq ``transformer`` (argparse flavour, so every stock ``--encoder-*`` /
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel
+from fairseq.models.transformer.transformer_config import (
+    DEFAULT_MAX_SOURCE_POSITIONS,
+    DEFAULT_MAX_TARGET_POSITIONS,
+)
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_wmt_en_de_big
 
 from fairseq_taskmoe.config import MoEConfig, moe_config_from_args, task_names
@@ -45,6 +49,11 @@ class TransformerTaskMoEModel(TransformerModel):
             )
         if args.encoder_layers_to_keep or args.decoder_layers_to_keep:
             raise ValueError("transformer_taskmoe does not support --encoder/decoder-layers-to-keep")
+        # as stock TransformerModel.build_model does
+        if getattr(args, "max_source_positions", None) is None:
+            args.max_source_positions = DEFAULT_MAX_SOURCE_POSITIONS
+        if getattr(args, "max_target_positions", None) is None:
+            args.max_target_positions = DEFAULT_MAX_TARGET_POSITIONS
         cfg = TransformerConfig.from_namespace(args)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if cfg.share_all_embeddings:

@@ -8,7 +8,11 @@ on; the mapping goes through language *names*, so it does not depend on the
 language order at inference.
 """
 
+from collections import OrderedDict
+
 import torch
+from fairseq.data.multilingual.multilingual_data_manager import MultilingualDatasetManager
+from fairseq.data.multilingual.sampled_multi_dataset import CollateFormat, SampledMultiDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
@@ -35,12 +39,37 @@ def task_names_for_pairs(task_by: str, lang_pairs) -> list:
     return sorted(names)
 
 
+class TaskIdDatasetManager(MultilingualDatasetManager):
+    """Collates each language pair separately, then concatenates.
+
+    fairseq's default shared collater (and its ConcatDataset for valid/test)
+    runs the *first* pair's
+    ``LanguagePairDataset.collater`` over the whole mixed batch, which stamps
+    that pair's language ids on every sentence. Per-pair collation keeps each
+    sentence's own ids (fairseq's non-shared path concatenates them in order).
+    """
+
+    def _shared_collater(self):
+        return False
+
+    def load_into_concat_dataset(self, split, datasets, data_param_list):
+        # Valid/test splits: fairseq's ConcatDataset collates with datasets[0]
+        # too; a non-sampling SampledMultiDataset (what fairseq itself uses for
+        # --lang-tok-replacing-bos-eos) collates per pair.
+        return SampledMultiDataset(OrderedDict(datasets), sampling_ratios=None, eval_key=None,
+                                   collate_format=CollateFormat.single, virtual_size=None,
+                                   split=split, shared_collater=False)
+
+
 @register_task("translation_multi_simple_epoch_taskmoe")
 class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
     def __init__(self, args, langs, dicts, training):
         # Batches keep per-sentence language ids (src_lang_id / tgt_lang_id).
         args.enable_lang_ids = True
         super().__init__(args, langs, dicts, training)
+        self.data_manager = TaskIdDatasetManager(
+            args, self.lang_pairs, langs, dicts, self.sampling_method
+        )
         self.moe_task_by = None
         self.moe_task_names = None
 

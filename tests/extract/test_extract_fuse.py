@@ -44,7 +44,8 @@ def test_padding_is_exact():
     padded = fuse.pad_dense_ffn(ffn, 3 * FF)
     x = torch.randn(7, D)
     assert padded["fc1.weight"].shape == (3 * FF, D)
-    torch.testing.assert_close(dense(padded, x), dense(ffn, x), atol=0, rtol=0)
+    # Mathematically exact; a longer inner dimension may change the float summation order.
+    torch.testing.assert_close(dense(padded, x), dense(ffn, x), atol=1e-5, rtol=1e-6)
     with pytest.raises(ValueError, match="cannot pad"):
         fuse.pad_dense_ffn(ffn, FF - 1)
 
