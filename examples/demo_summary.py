@@ -12,12 +12,12 @@ f, e = full["pairs"][pair], ext["pairs"][pair]
 same = f["hypotheses"] == e["hypotheses"]
 print(f"\n{'model':<22}{'BLEU':>8}{'chrF':>8}{'params':>12}{'decoder params':>16}")
 print(f"{'full task-MoE':<22}{f['bleu']:>8.2f}{f['chrf']:>8.2f}"
-      f"{card['params']['full']['total']:>12,}{card['params']['full']['decoder']:>16,}")
+      f"{card['params_before']['total']:>12,}{card['params_before']['decoder']:>16,}")
 print(f"{'extracted ' + pair:<22}{e['bleu']:>8.2f}{e['chrf']:>8.2f}"
-      f"{card['params']['extracted']['total']:>12,}{card['params']['extracted']['decoder']:>16,}")
+      f"{card['params_after']['total']:>12,}{card['params_after']['decoder']:>16,}")
 print(f"\nidentical hypotheses, line by line: {same}")
-print(f"size: {card['params']['extracted']['total'] / card['params']['full']['total']:.1%} of the full model; "
-      f"decoder experts kept: {card['decoder_expert_fraction']:.1%}")
+print(f"size: {card['params_after']['total'] / card['params_before']['total']:.1%} of the full model; "
+      f"decoder experts kept: {card['decoder_experts_kept_fraction']:.1%}")
 print(f"average over all {len(full['pairs'])} directions (full model): BLEU {full['avg_bleu']:.2f}, "
       f"chrF {full['avg_chrf']:.2f}")
 if not same:
