@@ -35,7 +35,8 @@ import distill  # noqa: E402
 
 PY = sys.executable
 TEACHER = "token-moe"
-ROUTING = {"dense": None, "token-moe": ("token", "token"), "task-moe": ("token", "task")}
+ROUTING = {"dense": None, "token-moe": ("token", "token"), "task-moe": ("token", "task"), "student": None}
+FIRST_ROUND = ("dense", "token-moe", "task-moe")
 
 
 def env_for(jobs):
@@ -137,7 +138,7 @@ def smoke_data(out):
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(benchlib.REPO / "data/loc8"))
+    p.add_argument("--data", default=None, help="binarized data (default: data/loc8; --smoke: a toy corpus)")
     p.add_argument("--langs", default="de,fr,ja", help="non-English languages (pairs en-X and X-en)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, scores, quality.json)")
     p.add_argument("--arch", default="transformer_taskmoe_tiny")
@@ -160,8 +161,10 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     t_start = time.time()
     if args.smoke:
-        args.data, args.langs, args.max_update, args.experts = smoke_data(args.out), "de", 40, 4
+        args.data = args.data or smoke_data(args.out)
+        args.langs, args.max_update, args.experts = "de", 40, 4
         args.lr, args.distill_sentences, args.warmup, args.max_tokens = 0.005, 60, 10, 1000
+    args.data = args.data or str(benchlib.REPO / "data/loc8")
     langs = [l for l in args.langs.split(",") if l]
     if not langs:
         raise ValueError("--langs must name at least one language")
@@ -169,12 +172,12 @@ def main(argv=None):
     lang_pairs = ",".join(pairs)
     log = lambda s: print(s, flush=True)  # noqa: E731
     with ThreadPoolExecutor(args.jobs) as pool:
-        ckpts = dict(zip(ROUTING, pool.map(lambda n: train(args, n, args.data, lang_pairs, log), ROUTING)))
+        ckpts = dict(zip(FIRST_ROUND, pool.map(lambda n: train(args, n, args.data, lang_pairs, log),
+                                               FIRST_ROUND)))
     flags = benchlib.task_flags(args.data, lang_pairs)
     student_data = distill.build_student_data(PY, ckpts[TEACHER], args.data, Path(args.out) / "distilled",
                                               pairs, lang_pairs, flags, args.distill_sentences,
                                               args.distill_beam, env_for(1), log)
-    ROUTING["student"] = None
     ckpts["student"] = train(args, "student", student_data, lang_pairs, log)
     extracted = extract_per_target(args, ckpts["task-moe"], sorted({p.split("-")[1] for p in pairs}))
     jobs = {n: {"*": c} for n, c in ckpts.items()}
