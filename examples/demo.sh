@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 DATA=${DATA:-data/loc8}
 OUT=${OUT:-demo}
-MAX_UPDATE=${MAX_UPDATE:-1200}
+MAX_UPDATE=${MAX_UPDATE:-800}
 EXTRACT_PAIR=${EXTRACT_PAIR:-en-de}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
