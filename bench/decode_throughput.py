@@ -101,22 +101,23 @@ def decode_once(model, uses_ids, task, batch, beam, args):
 
 
 def sweep(models, args):
+    """Models interleaved at each batch size, so load drift on a shared machine hits all alike."""
     rows = []
     for beam in args.beams:
-        for name, (model, uses_ids, task) in models.items():
-            for batch in args.batch_sizes:
-                if batch > args.max_batch:
-                    break
+        active = dict(models)
+        for batch in [b for b in args.batch_sizes if b <= args.max_batch]:
+            for name, (model, uses_ids, task) in list(active.items()):
                 try:
                     tokens, secs = decode_once(model, uses_ids, task, batch, beam, args)
                 except (RuntimeError, MemoryError) as err:  # OOM ends this model's sweep
                     print(f"  {name} beam {beam} batch {batch}: stopped ({str(err)[:80]})")
-                    break
+                    del active[name]
+                    continue
                 rows.append({"model": name, "beam": beam, "batch": batch, "seconds": secs,
                              "target_tokens": tokens, "tokens_per_s": tokens / secs})
-                print(f"  {name:>16} beam {beam} batch {batch:>4}: {tokens / secs:9.1f} tok/s")
+                print(f"  {name:>16} beam {beam} batch {batch:>4}: {tokens / secs:9.1f} tok/s", flush=True)
                 if secs > args.budget:
-                    break
+                    del active[name]
     return rows
 
 
