@@ -6,7 +6,8 @@ Same config for all: d_model D, expert width F, E experts, top-2, ReLU,
 capacity factor 1.0 (fairscale's Top2Gate hard-codes capacity 2S/E, so ours is
 set to match), training mode (capacity applies), no dropout. The dense
 baseline is one FFN of width 2F: the same active FLOPs per token as a top-2
-MoE. Time = median of ``--repeats`` calls of forward + ``sum().backward()``
+MoE. ``ours-unbind`` is our layer with the experts run on ``unbind`` views
+(see ``unbind_expert_fn``), a candidate fix for the per-expert indexing backward. Time = median of ``--repeats`` calls of forward + ``sum().backward()``
 (after a warm-up). fairscale's MOELayer needs a process group even on one
 process: a 1-process gloo group on a temporary FileStore. fairscale dispatches
 with a dense (S, E, capacity) one-hot einsum, O(S^2) memory and time in the
@@ -41,6 +42,29 @@ def ours(args):
                     second_policy="all", gate_fp32=True)
 
 
+def unbind_expert_fn(experts):
+    """Our experts run on ``unbind`` views of the stacked weights (a candidate fix, bench only).
+
+    ``StackedExperts.expert_forward`` indexes ``fc1_weight[e]`` per expert; each
+    index's backward materialises a full (E, F, D) zero gradient, so backward
+    costs O(E^2 F D). ``unbind`` once per call has one stacking backward.
+    Plugged in through ``MoELayer.expert_fn`` (the expert-parallel hook).
+    """
+    def run(x_sorted, counts):
+        w1, b1, w2, b2 = (p.unbind(0) for p in (experts.fc1_weight, experts.fc1_bias,
+                                                experts.fc2_weight, experts.fc2_bias))
+        outs = [F.linear(experts.activation_fn(F.linear(chunk, w1[e], b1[e])), w2[e], b2[e])
+                if chunk.numel() else chunk for e, chunk in enumerate(torch.split(x_sorted, counts))]
+        return torch.cat(outs, 0)
+    return run
+
+
+def ours_unbind(args):
+    layer = ours(args)
+    layer.expert_fn = unbind_expert_fn(layer.experts)
+    return layer
+
+
 def fairscale_layer(args):
     from fairscale.nn.moe import MOELayer, Top2Gate
 
@@ -59,7 +83,7 @@ def step_fn(name, layer, x):
     def run():
         layer.zero_grad(set_to_none=True)
         xx = x.detach().requires_grad_()
-        if name == "ours":
+        if name.startswith("ours"):
             y, stats = layer(xx, None)
             loss = y.float().sum() + stats.aux_loss
         elif name == "fairscale":
@@ -81,7 +105,7 @@ def bf16_supported() -> bool:
 
 def sweep(args):
     rows = []
-    builders = {"ours": ours, "fairscale": fairscale_layer, "dense-2F": dense}
+    builders = {"ours": ours, "ours-unbind": ours_unbind, "fairscale": fairscale_layer, "dense-2F": dense}
     for dtype_name in args.dtypes:
         if dtype_name == "bf16" and not bf16_supported():
             print("bf16 not supported on this CPU: skipped")
@@ -104,7 +128,7 @@ def sweep(args):
                 except RuntimeError as err:  # e.g. a dtype fairscale's einsum dispatch refuses
                     print(f"  {name} {dtype_name} {tokens}: {str(err)[:100]}")
                     row[f"{name}_ms"], row[f"{name}_error"] = None, str(err)[:200]
-            for other in ("fairscale", "dense-2F"):
+            for other in ("ours-unbind", "fairscale", "dense-2F"):
                 if row.get(f"{other}_ms") and row.get("ours_ms"):
                     row[f"ours_vs_{other}"] = row[f"{other}_ms"] / row["ours_ms"]
             print(f"  {row}", flush=True)
@@ -146,7 +170,7 @@ def main(argv=None):
         rows = sweep(args)
     result = {"bench": "moe_layer", "env": benchlib.environment(), "config": vars(args),
               "bf16_supported": bf16_supported(), "rows": rows}
-    print(benchlib.table(rows, ["dtype", "tokens", "ours_ms", "fairscale_ms", "dense-2F_ms",
+    print(benchlib.table(rows, ["dtype", "tokens", "ours_ms", "ours-unbind_ms", "fairscale_ms", "dense-2F_ms",
                                 "ours_vs_fairscale", "ours_vs_dense-2F"]))
     print("ours_vs_X = X time / our time (> 1: ours is faster)")
     benchlib.write_json(result, args.out)
