@@ -46,9 +46,12 @@ class StackedExperts(nn.Module):
 
     def expert_forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Run local expert ``e`` on x (N, D) -> (N, D)."""
-        h = self.activation_fn(F.linear(x, self.fc1_weight[e], self.fc1_bias[e]))  # (N, F)
+        return self._ffn(x, self.fc1_weight[e], self.fc1_bias[e], self.fc2_weight[e], self.fc2_bias[e])
+
+    def _ffn(self, x, w1, b1, w2, b2):
+        h = self.activation_fn(F.linear(x, w1, b1))  # (N, F)
         h = F.dropout(h, p=self.activation_dropout, training=self.training)
-        return F.linear(h, self.fc2_weight[e], self.fc2_bias[e])  # (N, D)
+        return F.linear(h, w2, b2)  # (N, D)
 
     def forward_sorted(self, x_sorted: torch.Tensor, counts) -> torch.Tensor:
         """Run experts on rows grouped by expert.
@@ -57,9 +60,13 @@ class StackedExperts(nn.Module):
             x_sorted: (A, D) rows, expert 0's first, then expert 1's, ...
             counts: list of E ints, rows per local expert.
         """
+        # unbind once: indexing w[e] per expert would make autograd build a
+        # full (E, ...) gradient per expert, O(E^2) memory traffic in backward.
+        params = zip(self.fc1_weight.unbind(0), self.fc1_bias.unbind(0),
+                     self.fc2_weight.unbind(0), self.fc2_bias.unbind(0))
         outs = []
-        for e, chunk in enumerate(torch.split(x_sorted, counts)):
-            outs.append(self.expert_forward(e, chunk) if chunk.numel() else chunk)
+        for chunk, (w1, b1, w2, b2) in zip(torch.split(x_sorted, counts), params):
+            outs.append(self._ffn(chunk, w1, b1, w2, b2) if chunk.numel() else chunk)
         return torch.cat(outs, 0) if outs else x_sorted
 
 
