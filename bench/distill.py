@@ -38,15 +38,37 @@ def source_pieces(data, src, tgt, ids):
     return {i: dictionary.string(dataset[i]) for i in ids}
 
 
-def teacher_outputs(python_bin, ckpt, data, src, tgt, lang_pairs, task_flags, max_sentences, beam, env):
+def link_train_as(data, split, dest):
+    """``dest`` with the train files of ``data`` linked as split ``split``, and its dictionaries.
+
+    fairseq-generate on the "train" split of a multilingual task loads every
+    training pair behind one sampler (and one collater that stamps the first
+    pair's language ids); under any other split name it loads only -s/-t.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in Path(data).iterdir():
+        name = path.name
+        if name.startswith("train."):
+            name = split + name[len("train"):]
+        elif not name.startswith("dict."):
+            continue
+        if not (dest / name).exists():
+            (dest / name).symlink_to(path.resolve())
+    return dest
+
+
+def teacher_outputs(python_bin, ckpt, data, src, tgt, lang_pairs, task_flags, max_sentences, beam, env, work):
     """{train sentence id: hypothesis pieces} for about ``max_sentences`` sources (shard 0 of K)."""
     from fairseq.data import data_utils, Dictionary
 
     n = len(data_utils.load_indexed_dataset(str(pair_file(data, "train", src, tgt, src)),
                                             Dictionary.load(str(Path(data) / f"dict.{src}.txt"))))
     shards = max(1, math.ceil(n / max_sentences)) if max_sentences else 1
-    cmd = [_bin("fairseq-generate", python_bin), *task_flags, "-s", src, "-t", tgt, "--path", str(ckpt),
-           "--gen-subset", "train", "--beam", str(beam), "--max-tokens", "8000", "--num-workers", "0",
+    linked = link_train_as(data, "distill", work)
+    flags = [str(linked), *task_flags[1:]]  # task_flags[0] is the data dir
+    cmd = [_bin("fairseq-generate", python_bin), *flags, "-s", src, "-t", tgt, "--path", str(ckpt),
+           "--gen-subset", "distill", "--beam", str(beam), "--max-tokens", "8000", "--num-workers", "0",
            "--num-shards", str(shards), "--shard-id", "0", "--max-len-a", "1.2", "--max-len-b", "10",
            "--skip-invalid-size-inputs-valid-test"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -73,7 +95,7 @@ def build_student_data(python_bin, ckpt, data, out, pairs, lang_pairs, task_flag
     for pair in pairs:
         src, tgt = pair.split("-")
         hyps = teacher_outputs(python_bin, ckpt, data, src, tgt, lang_pairs, task_flags, max_sentences,
-                               beam, env)
+                               beam, env, out / "links")
         srcs = source_pieces(data, src, tgt, sorted(hyps))
         # An empty hypothesis is what the teacher said (EOS only): kept, as in Kim & Rush.
         ids = [i for i in sorted(hyps) if srcs[i].strip()]

@@ -58,7 +58,7 @@ def test_bench_moe_layer_json(tmp_path):
     out = tmp_path / "m.json"
     # A subprocess: fairscale needs a process group, which must not leak into other tests.
     subprocess.run([sys.executable, str(BENCH / "moe_layer.py"), "--embed-dim", "16", "--ffn-dim", "32",
-                    "--experts", "4", "--tokens", "64,128", "--dtypes", "fp32", "--repeats", "1",
+                    "--experts", "4", "--tokens", "64,128", "--dtypes", "fp32", "--repeats", "1", "--threads", "1",
                     "--out", str(out)], check=True, capture_output=True, timeout=120)
     rows = json.loads(out.read_text())["rows"]
     assert [r["tokens"] for r in rows] == [64, 128]
