@@ -9,7 +9,6 @@ teacher's dictionary. Each direction gets its own ``train.SRC-TGT.*`` files
 valid/test files of the original data are linked in.
 """
 
-import math
 import os
 import re
 import shutil
@@ -38,38 +37,41 @@ def source_pieces(data, src, tgt, ids):
     return {i: dictionary.string(dataset[i]) for i in ids}
 
 
-def link_train_as(data, split, dest):
-    """``dest`` with the train files of ``data`` linked as split ``split``, and its dictionaries.
+def train_subset_as(data, split, dest, src, tgt, max_sentences):
+    """``dest`` holding the first ``max_sentences`` train pairs of src->tgt as split ``split``.
 
     fairseq-generate on the "train" split of a multilingual task loads every
     training pair behind one sampler (and one collater that stamps the first
-    pair's language ids); under any other split name it loads only -s/-t.
+    pair's language ids), and its --num-shards is ignored by that task; under
+    any other split name it loads only -s/-t. So the subset is written out.
     """
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for path in Path(data).iterdir():
-        name = path.name
-        if name.startswith("train."):
-            name = split + name[len("train"):]
-        elif not name.startswith("dict."):
-            continue
-        if not (dest / name).exists():
-            (dest / name).symlink_to(path.resolve())
+    for lang in (src, tgt):
+        prefix = pair_file(data, "train", src, tgt, lang)
+        dictionary = Dictionary.load(str(Path(data) / f"dict.{lang}.txt"))
+        dataset = data_utils.load_indexed_dataset(str(prefix), dictionary)
+        n = min(len(dataset), max_sentences) if max_sentences else len(dataset)
+        out = dest / f"{split}.{src}-{tgt}.{lang}"
+        builder = indexed_dataset.make_builder(str(out) + ".bin", "mmap", vocab_size=len(dictionary))
+        for i in range(n):
+            builder.add_item(dataset[i])
+        builder.finalize(str(out) + ".idx")
+    for path in Path(data).glob("dict.*.txt"):
+        if not (dest / path.name).exists():
+            shutil.copy2(path, dest / path.name)
     return dest
 
 
 def teacher_outputs(python_bin, ckpt, data, src, tgt, lang_pairs, task_flags, max_sentences, beam, env, work):
-    """{train sentence id: hypothesis pieces} for about ``max_sentences`` sources (shard 0 of K)."""
-    from fairseq.data import data_utils, Dictionary
-
-    n = len(data_utils.load_indexed_dataset(str(pair_file(data, "train", src, tgt, src)),
-                                            Dictionary.load(str(Path(data) / f"dict.{src}.txt"))))
-    shards = max(1, math.ceil(n / max_sentences)) if max_sentences else 1
-    linked = link_train_as(data, "distill", work)
+    """{train sentence id: hypothesis pieces} for the first ``max_sentences`` sources (0: all)."""
+    linked = train_subset_as(data, "distill", Path(work) / f"{src}-{tgt}", src, tgt, max_sentences)
     flags = [str(linked), *task_flags[1:]]  # task_flags[0] is the data dir
     cmd = [_bin("fairseq-generate", python_bin), *flags, "-s", src, "-t", tgt, "--path", str(ckpt),
            "--gen-subset", "distill", "--beam", str(beam), "--max-tokens", "8000", "--num-workers", "0",
-           "--num-shards", str(shards), "--shard-id", "0", "--max-len-a", "1.2", "--max-len-b", "10",
+           "--max-len-a", "1.2", "--max-len-b", "10",
            "--skip-invalid-size-inputs-valid-test"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
