@@ -7,6 +7,12 @@ Runs the real ``fairseq-generate`` for each pair (beam 4 by default), takes the
 detokenized hypotheses (D- lines) and references (T- lines) and scores them
 with sacrebleu: BLEU (tokenizer ``zh`` for Chinese, ``char`` for Japanese,
 ``13a`` otherwise) and chrF. Prints a table and writes JSON.
+
+fairseq-generate runs with ``--required-batch-size-multiple 1``: with the
+default (8), fairseq main drops the last batch of the split when its size is
+not a multiple of 8, i.e. up to 7 sentences per pair, for any task (the
+stock ``translation_multi_simple_epoch`` included). Every pair's output is
+checked against the number of sentences in the binarized split.
 """
 
 import argparse
@@ -55,7 +61,7 @@ def generate(ckpt, data, src, tgt, lang_pairs, user_dir=None, task="translation_
            "--encoder-langtok", "src", "--decoder-langtok", "-s", src, "-t", tgt, "--path", str(ckpt),
            "--gen-subset", subset, "--beam", str(beam), "--max-tokens", str(max_tokens),
            "--num-workers", "0", "--remove-bpe", "sentencepiece", "--max-len-a", "1.2",
-           "--max-len-b", "10", *extra]
+           "--max-len-b", "10", "--required-batch-size-multiple", "1", *extra]
     if user_dir:
         cmd += ["--user-dir", str(user_dir)]
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -64,7 +70,23 @@ def generate(ckpt, data, src, tgt, lang_pairs, user_dir=None, task="translation_
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed for {src}-{tgt}:\n{proc.stderr[-3000:]}")
     hyps, refs = parse_generate_output(proc.stdout)
+    expected = split_size(data, subset, src, tgt)
+    if expected is not None and len(refs) != expected:
+        raise RuntimeError(f"fairseq-generate translated {len(refs)} of the {expected} sentences of "
+                           f"{subset} {src}-{tgt} in {data}; scores over a subset would not be comparable")
     return hyps, refs, time.time() - t0
+
+
+def split_size(data, subset, src, tgt):
+    """Sentences in the binarized ``subset`` of ``src-tgt`` (either direction's files); None if absent."""
+    for a, b in ((src, tgt), (tgt, src)):
+        prefix = Path(data) / f"{subset}.{a}-{b}.{src}"
+        if prefix.with_name(prefix.name + ".idx").is_file():
+            from fairseq.data import data_utils
+
+            dataset = data_utils.load_indexed_dataset(str(prefix), None)  # infers the format
+            return None if dataset is None else len(dataset)
+    return None
 
 
 def score(hyps, refs, tgt):

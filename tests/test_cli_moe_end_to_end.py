@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from taskmoe_testlib import multilingual_task_args, run_cli, train_args
+from taskmoe_testlib import N_EVAL, multilingual_task_args, run_cli, train_args
 
 ROUTINGS = {
     "token": ("token", "token"),
@@ -34,7 +34,7 @@ def test_train_then_generate_beam4(name, toy_data, tmp_path):
     gen = run_cli("fairseq-generate", multilingual_task_args(toy_data) + [
         "-s", "en", "-t", "de", "--path", save / "checkpoint_last.pt", "--beam", "4",
         "--max-tokens", "2000", "--num-workers", "0", "--max-len-b", "20"])
-    assert len(_hyps(gen.stdout)) == 16
+    assert len(_hyps(gen.stdout)) == N_EVAL
     assert "BLEU4" in gen.stdout
 
 

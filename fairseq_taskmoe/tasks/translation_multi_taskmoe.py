@@ -6,8 +6,16 @@ from each sentence's language pair under ``--moe-task-by``. Language ids come
 from fairseq's own ``--enable-lang-ids`` machinery, which this task switches
 on; the mapping goes through language *names*, so it does not depend on the
 language order at inference.
+
+It also keeps every sentence of evaluation splits: fairseq's
+``data_utils.batch_by_size`` (fairseq main, which ve-fairseq 0.12.3 builds)
+drops the last batch of a split when its size is not a multiple of
+``--required-batch-size-multiple`` (default 8), so ``fairseq-generate`` silently
+skipped up to 7 test sentences per pair. This task batches every split other
+than the training split it trains on with a multiple of 1.
 """
 
+import logging
 from collections import OrderedDict
 
 import torch
@@ -17,6 +25,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
 from fairseq_taskmoe.config import TASK_BY_CHOICES
+
+logger = logging.getLogger(__name__)
 
 
 def task_key(task_by: str, src: str, tgt: str) -> str:
@@ -81,6 +91,18 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         self.moe_task_by = task_by
         self.moe_task_names = args.moe_task_names.split(",")
         return super().build_model(args, from_checkpoint)
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        if "required_batch_size_multiple" in kwargs:
+            train_split = getattr(self.args, "train_subset", "train")
+            if not (self.training and dataset is self.datasets.get(train_split)):
+                # Evaluation: a multiple > 1 makes fairseq drop the last batch (see module doc).
+                if kwargs["required_batch_size_multiple"] != 1:
+                    logger.info("batching a non-training split with required_batch_size_multiple=1 "
+                                "(was %s) so that no sentence is dropped",
+                                kwargs["required_batch_size_multiple"])
+                kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, *args, **kwargs)
 
     def task_id(self, src: str, tgt: str) -> int:
         key = task_key(self.moe_task_by, src, tgt)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from parallel.ep_harness import free_port
-from taskmoe_testlib import BIN, multilingual_task_args, run_cli, train_args
+from taskmoe_testlib import BIN, N_EVAL, multilingual_task_args, run_cli, train_args
 
 from fairseq_taskmoe.parallel.merge import load_merged_state, main as merge_main
 from fairseq_taskmoe.parallel.sharding import check_training_args
@@ -80,7 +80,7 @@ def test_split_merge_generate(ep_runs, toy_data, tmp_path):
         *multilingual_task_args(toy_data), "--source-lang", "en", "--target-lang", "de",
         "--path", tmp_path / "checkpoint_last.pt", "--beam", "2", "--max-tokens", "400", "--cpu",
         "--gen-subset", "test"])
-    assert sum(line.startswith("H-") for line in out.stdout.splitlines()) == 16
+    assert sum(line.startswith("H-") for line in out.stdout.splitlines()) == N_EVAL
 
 
 def test_bad_shard_sets_refused(ep_runs, tmp_path):
