@@ -197,7 +197,9 @@ def main(argv=None) -> dict:
 
 
 def cli_main():
-    logging.basicConfig(level=logging.WARNING)
+    # force: importing fairseq already set the root logger to DEBUG (its wav2vec2_classification
+    # module calls basicConfig(level=DEBUG)), which would print every library's debug lines.
+    logging.basicConfig(level=logging.WARNING, force=True)
     try:
         main()
     except (ValueError, FileNotFoundError) as err:

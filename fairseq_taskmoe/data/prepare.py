@@ -168,7 +168,7 @@ def build(args, progress):
 
 
 def cli_main(argv=None):
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, force=True)
     args = get_parser().parse_args(argv)
     try:
         from tqdm import tqdm as progress

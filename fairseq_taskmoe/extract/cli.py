@@ -64,7 +64,9 @@ def main(argv=None) -> int:
 
 
 def cli_main():
-    logging.basicConfig(level=logging.WARNING)
+    # force: importing fairseq already set the root logger to DEBUG (its wav2vec2_classification
+    # module calls basicConfig(level=DEBUG)), which would print every library's debug lines.
+    logging.basicConfig(level=logging.WARNING, force=True)
     sys.exit(main())
 
 
