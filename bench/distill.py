@@ -15,17 +15,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from fairseq_taskmoe.data.binarize import pair_file
+
+
 def _bin(name, python_bin):
     return str(Path(python_bin).parent / name)
-
-
-def pair_file(data, split, src, tgt, lang):
-    """The binarized prefix holding ``lang`` of direction src->tgt (stored as en-X once)."""
-    for a, b in ((src, tgt), (tgt, src)):
-        prefix = Path(data) / f"{split}.{a}-{b}.{lang}"
-        if prefix.with_suffix(prefix.suffix + ".idx").is_file():
-            return prefix
-    raise FileNotFoundError(f"no binarized {split} data for {src}-{tgt} in {data}")
 
 
 def source_pieces(data, src, tgt, ids):

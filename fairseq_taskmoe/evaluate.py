@@ -79,14 +79,16 @@ def generate(ckpt, data, src, tgt, lang_pairs, user_dir=None, task="translation_
 
 def split_size(data, subset, src, tgt):
     """Sentences in the binarized ``subset`` of ``src-tgt`` (either direction's files); None if absent."""
-    for a, b in ((src, tgt), (tgt, src)):
-        prefix = Path(data) / f"{subset}.{a}-{b}.{src}"
-        if prefix.with_name(prefix.name + ".idx").is_file():
-            from fairseq.data import data_utils
+    from fairseq.data import data_utils
 
-            dataset = data_utils.load_indexed_dataset(str(prefix), None)  # infers the format
-            return None if dataset is None else len(dataset)
-    return None
+    from fairseq_taskmoe.data.binarize import pair_file
+
+    try:
+        prefix = pair_file(data, subset, src, tgt, src)
+    except FileNotFoundError:
+        return None
+    dataset = data_utils.load_indexed_dataset(str(prefix), None)  # infers the format
+    return None if dataset is None else len(dataset)
 
 
 def score(hyps, refs, tgt):

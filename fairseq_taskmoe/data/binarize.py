@@ -12,10 +12,21 @@ import logging
 import os
 import random
 import shutil
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 SRC = "en"
+
+
+def pair_file(data, split, src, tgt, lang):
+    """The binarized prefix holding ``lang`` of direction src->tgt (either direction's files:
+    the layout above stores en-xx once); FileNotFoundError if there is none."""
+    for a, b in ((src, tgt), (tgt, src)):
+        prefix = Path(data) / f"{split}.{a}-{b}.{lang}"
+        if prefix.with_suffix(prefix.suffix + ".idx").is_file():
+            return prefix
+    raise FileNotFoundError(f"no binarized {split} data for {src}-{tgt} in {data}")
 
 
 def train_spm(texts, model_prefix, vocab_size, max_sentences=300_000, seed=1):
