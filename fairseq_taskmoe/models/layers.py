@@ -53,6 +53,19 @@ def _refuse_extras(cfg, side):
         raise ValueError(f"transformer_taskmoe {side} MoE layers do not support {', '.join(bad)}")
 
 
+def _moe_sublayer(layer, x, padding_mask, task_ids, incremental_state=None):
+    """fairseq's FFN sublayer (norm, residual, dropout) with ``layer.moe`` in place of fc1/fc2."""
+    residual = x
+    if layer.normalize_before:
+        x = layer.final_layer_norm(x)
+    x, stats = layer.moe(x, padding_mask, task_ids, incremental_state)
+    x = layer.dropout_module(x)
+    x = layer.residual_connection(x, residual)
+    if not layer.normalize_before:
+        x = layer.final_layer_norm(x)
+    return x, stats
+
+
 class MoEEncoderLayer(TransformerEncoderLayerBase):
     def __init__(self, cfg, moe_cfg, num_experts, num_tasks):
         _refuse_extras(cfg, "encoder")
@@ -82,15 +95,7 @@ class MoEEncoderLayer(TransformerEncoderLayerBase):
         if not self.normalize_before:
             x = self.self_attn_layer_norm(x)
 
-        residual = x
-        if self.normalize_before:
-            x = self.final_layer_norm(x)
-        x, stats = self.moe(x, encoder_padding_mask, task_ids)
-        x = self.dropout_module(x)
-        x = self.residual_connection(x, residual)
-        if not self.normalize_before:
-            x = self.final_layer_norm(x)
-        return x, stats
+        return _moe_sublayer(self, x, encoder_padding_mask, task_ids)
 
 
 class MoEDecoderLayer(TransformerDecoderLayerBase):
@@ -142,12 +147,5 @@ class MoEDecoderLayer(TransformerDecoderLayerBase):
             if not self.normalize_before:
                 x = self.encoder_attn_layer_norm(x)
 
-        residual = x
-        if self.normalize_before:
-            x = self.final_layer_norm(x)
-        x, stats = self.moe(x, self_attn_padding_mask, task_ids, incremental_state)
-        x = self.dropout_module(x)
-        x = self.residual_connection(x, residual)
-        if not self.normalize_before:
-            x = self.final_layer_norm(x)
+        x, stats = _moe_sublayer(self, x, self_attn_padding_mask, task_ids, incremental_state)
         return x, attn, stats
