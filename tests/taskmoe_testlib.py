@@ -80,9 +80,36 @@ def run_cli(name, args, cwd=None, input_text=None, timeout=600, env_extra=None):
     return proc
 
 
-def multilingual_task_args(data, lang_pairs=LANG_PAIRS):
-    return [data, "--user-dir", PLUGIN_DIR, "--task", "translation_multi_simple_epoch_taskmoe",
+def multilingual_task_args(data, lang_pairs=LANG_PAIRS, task="translation_multi_simple_epoch_taskmoe"):
+    return [data, "--user-dir", PLUGIN_DIR, "--task", task,
             "--lang-pairs", lang_pairs, "--encoder-langtok", "src", "--decoder-langtok"]
+
+
+def setup_task(data, extra=(), generate=(), task="translation_multi_simple_epoch_taskmoe"):
+    """The task as fairseq-train sets it up (model built: fills the arch defaults), or as
+    fairseq-generate does when ``generate`` holds its flags (``["-s", "en", "-t", "de"]``)."""
+    from fairseq import options, tasks
+
+    parser = options.get_generation_parser() if generate else options.get_training_parser()
+    arch = [] if generate else ["--arch", "transformer_taskmoe_tiny"]
+    args = options.parse_args_and_arch(parser, [str(a) for a in multilingual_task_args(data, task=task)]
+                                       + ["--max-tokens", "300", *arch, *extra, *generate])
+    built = tasks.setup_task(args)
+    if not generate:
+        built.build_model(args)
+    return built
+
+
+class FakeTask:
+    """Just the dictionaries a model's build_model reads: ``n_symbols`` words w0, w1, ..."""
+
+    def __init__(self, n_symbols):
+        from fairseq.data import Dictionary
+
+        d = Dictionary()
+        for i in range(n_symbols):
+            d.add_symbol(f"w{i}")
+        self.source_dictionary = self.target_dictionary = d
 
 
 def train_args(save_dir, max_update=3, extra=()):

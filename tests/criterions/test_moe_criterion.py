@@ -5,26 +5,18 @@ import argparse
 import pytest
 import torch
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
-from fairseq.data import Dictionary
 from fairseq.models.transformer.transformer_legacy import tiny_architecture
 
 from fairseq_taskmoe.criterions.label_smoothed_cross_entropy_moe import (
     LabelSmoothedCrossEntropyMoECriterion,
 )
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
-
-
-class FakeTask:
-    def __init__(self):
-        d = Dictionary()
-        for i in range(30):
-            d.add_symbol(f"w{i}")
-        self.source_dictionary = self.target_dictionary = d
+from taskmoe_testlib import FakeTask
 
 
 @pytest.fixture
 def setup():
-    task = FakeTask()
+    task = FakeTask(30)
     args = argparse.Namespace(dropout=0.0, attention_dropout=0.0, moe_task_names="de,fr",
                               moe_encoder_routing="token", moe_decoder_routing="task")
     tiny_architecture(args)

@@ -4,23 +4,15 @@ import argparse
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 from fairseq.models.transformer import TransformerModel
 from fairseq.models.transformer.transformer_legacy import tiny_architecture
 
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
-
-
-class FakeTask:
-    def __init__(self):
-        d = Dictionary()
-        for i in range(40):
-            d.add_symbol(f"w{i}")
-        self.source_dictionary = self.target_dictionary = d
+from taskmoe_testlib import FakeTask
 
 
 def build_pair(**moe):
-    task = FakeTask()
+    task = FakeTask(40)
     stock_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
     tiny_architecture(stock_args)
     torch.manual_seed(0)
@@ -100,7 +92,7 @@ def test_incremental_decoding_matches_full_forward_with_task_ids():
 
 
 def test_task_routing_without_task_names_is_a_clear_error():
-    task = FakeTask()
+    task = FakeTask(40)
     args = argparse.Namespace(moe_decoder_routing="task")
     tiny_architecture(args)
     with pytest.raises(ValueError, match="--moe-task-names"):
@@ -117,7 +109,7 @@ def test_bad_flags_are_clear_errors(flag, value, match):
     args = argparse.Namespace(moe_task_names="de", **{flag: value})
     tiny_architecture(args)
     with pytest.raises(ValueError, match=match):
-        TransformerTaskMoEModel.build_model(args, FakeTask())
+        TransformerTaskMoEModel.build_model(args, FakeTask(40))
 
 
 @pytest.mark.parametrize("routing", ["token", "sentence", "sentence-pooled"])

@@ -6,22 +6,8 @@ N_EVAL = 13 sentences per pair, so a multiple of 8 loses some of them.
 """
 
 import pytest
-from fairseq import options, tasks
 
-from taskmoe_testlib import LANG_PAIRS, N_EVAL, PLUGIN_DIR
-
-
-def build_task(data, task_name, generate=()):
-    """The task as fairseq-generate (``generate=["-s", .., "-t", ..]``) or fairseq-train sets it up."""
-    parser = options.get_generation_parser() if generate else options.get_training_parser()
-    arch = [] if generate else ["--arch", "transformer_taskmoe_tiny"]
-    args = options.parse_args_and_arch(parser, [
-        str(data), "--user-dir", str(PLUGIN_DIR), "--task", task_name, "--lang-pairs", LANG_PAIRS,
-        "--encoder-langtok", "src", "--decoder-langtok", "--max-tokens", "300", *arch, *generate])
-    task = tasks.setup_task(args)
-    if not generate:
-        task.build_model(args)  # as fairseq-train does (fills the arch defaults)
-    return task
+from taskmoe_testlib import LANG_PAIRS, N_EVAL, setup_task
 
 
 def sentence_ids(task, split, multiple):
@@ -31,21 +17,20 @@ def sentence_ids(task, split, multiple):
 
 
 def test_stock_task_drops_sentences_so_this_data_exercises_the_bug(toy_data):
-    task = build_task(toy_data, "translation_multi_simple_epoch", generate=["-s", "en", "-t", "de"])
+    task = setup_task(toy_data, generate=["-s", "en", "-t", "de"], task="translation_multi_simple_epoch")
     task.load_dataset("test")
     assert len(sentence_ids(task, "test", 8)) < N_EVAL  # fairseq's behaviour, not ours
 
 
 @pytest.mark.parametrize("split", ["test", "valid"])
 def test_generate_keeps_every_sentence(toy_data, split):
-    task = build_task(toy_data, "translation_multi_simple_epoch_taskmoe",
-                      generate=["-s", "en", "-t", "de"])
+    task = setup_task(toy_data, generate=["-s", "en", "-t", "de"])
     task.load_dataset(split)
     assert sorted(sentence_ids(task, split, 8)) == list(range(N_EVAL))
 
 
 def test_training_validation_keeps_every_sentence_and_train_keeps_the_multiple(toy_data):
-    task = build_task(toy_data, "translation_multi_simple_epoch_taskmoe")
+    task = setup_task(toy_data)
     n_pairs = len(LANG_PAIRS.split(","))
     task.load_dataset("valid", epoch=1)
     assert len(sentence_ids(task, "valid", 8)) == n_pairs * N_EVAL

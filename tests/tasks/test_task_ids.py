@@ -2,21 +2,13 @@
 
 import pytest
 import torch
-from fairseq import options, tasks
 
-from taskmoe_testlib import LANG_PAIRS, PLUGIN_DIR
+from taskmoe_testlib import setup_task
 
 
 def build_task(data, task_by):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        str(data), "--user-dir", str(PLUGIN_DIR), "--task", "translation_multi_simple_epoch_taskmoe",
-        "--lang-pairs", LANG_PAIRS, "--encoder-langtok", "src", "--decoder-langtok",
-        "--arch", "transformer_taskmoe_tiny", "--moe-task-by", task_by, "--max-tokens", "300",
-        "--sampling-method", "temperature", "--sampling-temperature", "1.5"])
-    task = tasks.setup_task(args)
-    task.build_model(args)
-    return task
+    return setup_task(data, extra=["--moe-task-by", task_by, "--sampling-method", "temperature",
+                                   "--sampling-temperature", "1.5"])
 
 
 @pytest.mark.parametrize("task_by", ["target_lang", "lang_pair", "source_lang"])
