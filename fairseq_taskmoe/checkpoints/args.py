@@ -1,0 +1,81 @@
+"""What a loaded checkpoint says about itself: model / task args, language pairs.
+
+fairseq checkpoints keep their arguments either as ``cfg["model"]`` /
+``cfg["task"]`` (an ``argparse.Namespace`` for argparse-style models, or a
+plain dict in ``--format stock`` extracts) or, when older, as ``args``.
+"""
+
+import argparse
+import hashlib
+import importlib
+import os
+import re
+from typing import List, Optional
+
+from fairseq_taskmoe.checkpoints.safe_load import load_checkpoint_safely
+
+# Expert-parallel shard sets are named NAME.ep<rank>-of-<world>.pt (fairseq_taskmoe.parallel).
+SHARD_NAME = re.compile(r"\.ep\d+-of-\d+\.pt$")
+
+
+def _merged_state(path: str):
+    try:
+        merge = importlib.import_module("fairseq_taskmoe.parallel.merge")
+    except ImportError as err:
+        raise ValueError(f"{path}: sharded checkpoints need fairseq_taskmoe.parallel ({err})") from err
+    return merge.load_merged_state(path)
+
+
+def load_source(path: str) -> dict:
+    """The full checkpoint state (weights_only load; expert-parallel shard sets merged)."""
+    path = os.fspath(path)
+    if SHARD_NAME.search(os.path.basename(path)):
+        return _merged_state(path)
+    state = load_checkpoint_safely(path)
+    if isinstance(state, dict) and "expert_parallel" in state:
+        return _merged_state(path)
+    return state
+
+
+def _group(state: dict, name: str):
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    return cfg.get(name) if isinstance(cfg, dict) else None
+
+
+def model_args(state, path: str) -> argparse.Namespace:
+    """The ``transformer_taskmoe`` model's Namespace; refuses other checkpoints by name."""
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    args = _group(state, "model")
+    if args is None:
+        args = state.get("args")
+    if isinstance(args, dict) and args.get("_name") == "transformer":
+        raise ValueError(f"{path}: a stock fairseq transformer checkpoint (e.g. a --format stock "
+                         "extract), not a transformer_taskmoe one; it has no experts to analyse or extract")
+    if not isinstance(args, argparse.Namespace) or not hasattr(args, "moe_task_names"):
+        raise ValueError(f"{path}: not a transformer_taskmoe checkpoint (its model args have no "
+                         "moe_task_names); this needs a model trained with --arch transformer_taskmoe*")
+    return args
+
+
+def task_args(state) -> Optional[argparse.Namespace]:
+    """The task's Namespace (``cfg.task``, else the legacy ``args``), or None."""
+    task = _group(state, "task")
+    if isinstance(task, argparse.Namespace):
+        return task
+    args = state.get("args") if isinstance(state, dict) else None
+    return args if isinstance(args, argparse.Namespace) else None
+
+
+def lang_pairs(ns) -> List[str]:
+    """``--lang-pairs`` of a task Namespace as a list (stored as a list or a CSV string)."""
+    pairs = getattr(ns, "lang_pairs", None) or []
+    return list(pairs) if isinstance(pairs, (list, tuple)) else [p for p in str(pairs).split(",") if p]
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

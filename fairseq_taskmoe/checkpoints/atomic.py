@@ -1,0 +1,204 @@
+"""Atomic writes: a file or a directory appears complete or not at all.
+
+Everything is written to a hidden temp name in the destination's own directory
+(same filesystem, so ``os.replace`` is atomic), flushed with ``fsync``, then
+renamed. Temp names are ``.NAME.tmp-XXXXXXXX``; a directory that ``replace``
+pushes aside is ``.NAME.old-XXXXXXXX`` until the new one is in place. New
+files and directories are created with ``os.open``/``os.mkdir`` mode
+0666/0777, so the user's umask decides who can read them (``tempfile``'s
+0600/0700 would hide a deployed model from a serving account).
+
+OSErrors raised here carry the destination path (``err.filename``), so
+:mod:`fairseq_taskmoe.checkpoints.cli` can name it.
+"""
+
+import contextlib
+import glob
+import json
+import os
+import secrets
+import shutil
+from typing import Dict, List
+
+TMP, OLD = "tmp", "old"
+
+
+def _hidden(path: str, kind: str) -> str:
+    head, name = os.path.split(os.path.abspath(path))
+    return os.path.join(head, f".{name}.{kind}-{secrets.token_hex(4)}")
+
+
+def _with_path(err: OSError, path: str, tmp: str = None) -> OSError:
+    """The same OSError naming ``path`` (the destination, not our temp name)."""
+    if err.errno is None or (err.filename and os.fspath(err.filename) != tmp):
+        return err
+    new = type(err)(err.errno, err.strerror or str(err), os.fspath(path))
+    new.__cause__ = err
+    return new
+
+
+def fsync_dir(directory: str):
+    """Persist a rename: fsync the directory entry (not supported everywhere: best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _parent(path: str) -> str:
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise _with_path(err, parent) from err
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "wb"):
+    """Yield a file object open on a temp file; on success it becomes ``path``.
+
+    On any exception the temp file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    parent = _parent(path)
+    while True:
+        tmp = _hidden(path, TMP)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise _with_path(err, path, tmp) from err
+    try:
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _with_path(err, path, tmp) from err
+        fsync_dir(parent)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path, data: bytes):
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path, text: str):
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj, indent=1, **kwargs):
+    """JSON to ``path`` atomically (``kwargs`` go to ``json.dump``)."""
+    text = json.dumps(obj, indent=indent, **kwargs)  # serialise first: a TypeError writes nothing
+    atomic_write_text(path, text + "\n")
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to ``path`` atomically; a full disk raises OSError(ENOSPC) naming ``path``.
+
+    torch.save on a path reports write errors as an opaque RuntimeError from its
+    C++ writer; on a Python file object the OSError comes through.
+    """
+    import torch
+
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_copy(src, dst):
+    """Copy the bytes of ``src`` to ``dst`` atomically (new file: umask mode, not ``src``'s)."""
+    with open(src, "rb") as fin, atomic_file(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def leftovers(out_dir) -> Dict[str, List[str]]:
+    """Hidden temp / pushed-aside directories of ``out_dir`` left by an interrupted run."""
+    head, name = os.path.split(os.path.abspath(out_dir))
+    return {kind: sorted(glob.glob(os.path.join(glob.escape(head), f".{glob.escape(name)}.{kind}-*")))
+            for kind in (TMP, OLD)}
+
+
+def recover_dir(out_dir, is_valid=lambda path: True) -> List[str]:
+    """Undo a replace that was killed between its two renames; report what is left.
+
+    When ``out_dir`` is missing and exactly one ``.NAME.old-*`` passes
+    ``is_valid``, it is renamed back to ``out_dir`` (the state before the
+    interrupted run). Returns one human-readable line per action or leftover;
+    temp directories (incomplete outputs) are reported, never deleted here.
+    """
+    out_dir = os.path.abspath(out_dir)
+    found = leftovers(out_dir)
+    notes = []
+    old_ok = [p for p in found[OLD] if os.path.isdir(p) and is_valid(p)]
+    if not os.path.lexists(out_dir) and len(old_ok) == 1:
+        os.replace(old_ok[0], out_dir)
+        fsync_dir(os.path.dirname(out_dir))
+        notes.append(f"restored {out_dir} from {old_ok[0]} (an earlier replace of it was interrupted)")
+        found[OLD].remove(old_ok[0])
+    for path in found[TMP]:
+        notes.append(f"{path}: incomplete output of an interrupted run; delete it (rm -r) when no other "
+                     "run is writing there")
+    for path in found[OLD]:
+        notes.append(f"{path}: previous contents of {out_dir} kept by an interrupted replace; delete it "
+                     "(rm -r) if you do not need them")
+    return notes
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir, replace: bool = False):
+    """Yield an empty temp directory; on success it becomes ``out_dir``.
+
+    An existing ``out_dir`` raises ``FileExistsError`` unless ``replace``; it is
+    then renamed to ``.NAME.old-*`` first and removed only after the new one is
+    in place (a kill in between leaves both, which :func:`recover_dir` handles).
+    Callers decide whether the existing directory may be replaced at all.
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    parent = _parent(out_dir)
+    if os.path.lexists(out_dir) and not replace:
+        raise FileExistsError(f"{out_dir} already exists")
+    while True:
+        tmp = _hidden(out_dir, TMP)
+        try:
+            os.mkdir(tmp, 0o777)
+            break
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise _with_path(err, out_dir, tmp) from err
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        old = None
+        try:
+            if os.path.lexists(out_dir):
+                if not replace:
+                    raise FileExistsError(f"{out_dir} already exists")
+                old = _hidden(out_dir, OLD)
+                os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+        except OSError as err:
+            if old is not None and not os.path.lexists(out_dir):
+                os.replace(old, out_dir)  # put the previous contents back
+            raise _with_path(err, out_dir, tmp) from err
+        fsync_dir(parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
