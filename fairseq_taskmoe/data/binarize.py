@@ -6,8 +6,11 @@ Layout written to ``out``::
     dict.txt, dict.{lang}.txt            the same joined dictionary under every name
     {split}.en-xx.{en,xx}.{bin,idx}      one binarised pair per language; fairseq's
                                          MultilingualDatasetManager also reads it for xx-en
-    raw/{split}.en-xx.{en,xx}            detokenised valid/test text, for BLEU
+    raw/{split}.en-xx.{en,xx}            detokenised text of every split but train, for BLEU
+
+Splits are train, valid, test, and with documentation sources valid_doc, test_doc.
 """
+import errno
 import logging
 import os
 import random
@@ -53,6 +56,20 @@ def train_spm(texts, model_prefix, vocab_size, max_sentences=300_000, seed=1):
     return model_prefix + ".model"
 
 
+def _spm_io(fn, out):
+    """Run a sentencepiece call; a failure on a full disk becomes OSError(ENOSPC, path).
+
+    sentencepiece reports a short write as RuntimeError ("basic_ios::clear", "could not parse
+    ModelProto"), which names neither the cause nor the file.
+    """
+    try:
+        return fn()
+    except (RuntimeError, OSError) as exc:
+        if shutil.disk_usage(out).free < (1 << 20):
+            raise OSError(errno.ENOSPC, "No space left on device", out) from exc
+        raise
+
+
 def write_fairseq_dict(spm_vocab_path, dict_path):
     """fairseq dict from the spm vocab: every piece, count 1 (fairseq only needs the order)."""
     with open(spm_vocab_path, encoding="utf-8") as fin, open(dict_path, "w", encoding="utf-8") as fout:
@@ -70,7 +87,12 @@ def _write_lines(path, lines):
 
 
 def binarize(splits_by_lang, out, vocab_size, workers=1, progress=None):
-    """Encode and binarise ``{lang: {"train"|"valid"|"test": [(en, xx), ...]}}`` into ``out``."""
+    """Encode and binarise ``{lang: {split: [(en, xx), ...]}}`` into ``out``.
+
+    Splits are "train", "valid", "test" and optionally more evaluation splits (e.g. "test_doc").
+    Returns ``(spm model path, pieces in the model)``: sentencepiece stops below ``vocab_size``
+    when the training text has fewer distinct pieces, and the caller must report the real size.
+    """
     import sentencepiece as spm
 
     tok_dir = os.path.join(out, "tok")
@@ -78,8 +100,12 @@ def binarize(splits_by_lang, out, vocab_size, workers=1, progress=None):
     os.makedirs(tok_dir, exist_ok=True)
     os.makedirs(raw_dir, exist_ok=True)
     train_text = [s for pairs in splits_by_lang.values() for pair in pairs["train"] for s in pair]
-    model = train_spm(train_text, os.path.join(out, "spm"), vocab_size)
-    sp = spm.SentencePieceProcessor(model_file=model)
+    model = _spm_io(lambda: train_spm(train_text, os.path.join(out, "spm"), vocab_size), out)
+    sp = _spm_io(lambda: spm.SentencePieceProcessor(model_file=model), out)
+    n_pieces = sp.get_piece_size()
+    if n_pieces < vocab_size:
+        logger.warning("--vocab-size %d: the training text only yields %d sentencepiece pieces, so the "
+                       "vocabulary has %d (the data card records both)", vocab_size, n_pieces, n_pieces)
     dict_path = os.path.join(out, "dict.txt")
     write_fairseq_dict(os.path.join(out, "spm.vocab"), dict_path)
 
@@ -98,16 +124,20 @@ def binarize(splits_by_lang, out, vocab_size, workers=1, progress=None):
         _run_preprocess(SRC, lang, prefixes, dict_path, out, workers)
     shutil.copyfile(dict_path, os.path.join(out, "dict.%s.txt" % SRC))
     shutil.rmtree(tok_dir)
-    return model
+    return model, n_pieces
 
 
 def _run_preprocess(src, tgt, prefixes, dict_path, destdir, workers):
     from fairseq import options
     from fairseq_cli import preprocess
 
+    # fairseq-preprocess names the k-th comma-separated valid/test prefix valid{k} / test{k};
+    # extra evaluation splits ("valid_doc") ride along and are renamed afterwards.
+    extra = {kind: sorted(s for s in prefixes if s.startswith(kind + "_")) for kind in ("valid", "test")}
     argv = [
-        "--source-lang", src, "--target-lang", tgt,
-        "--trainpref", prefixes["train"], "--validpref", prefixes["valid"], "--testpref", prefixes["test"],
+        "--source-lang", src, "--target-lang", tgt, "--trainpref", prefixes["train"],
+        "--validpref", ",".join(prefixes[s] for s in ["valid"] + extra["valid"]),
+        "--testpref", ",".join(prefixes[s] for s in ["test"] + extra["test"]),
         "--srcdict", dict_path, "--tgtdict", dict_path,
         "--destdir", destdir, "--workers", str(workers), "--dataset-impl", "mmap",
     ]
@@ -122,3 +152,9 @@ def _run_preprocess(src, tgt, prefixes, dict_path, destdir, workers):
             if handler not in before:
                 plog.removeHandler(handler)
                 handler.close()
+    for kind, names in extra.items():
+        for k, split in enumerate(names, start=1):
+            for lang in (src, tgt):
+                for ext in ("bin", "idx"):
+                    os.replace(os.path.join(destdir, "%s%d.%s-%s.%s.%s" % (kind, k, src, tgt, lang, ext)),
+                               os.path.join(destdir, "%s.%s-%s.%s.%s" % (split, src, tgt, lang, ext)))

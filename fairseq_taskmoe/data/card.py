@@ -11,22 +11,43 @@ def write_card(out, card):
         fh.write(render_markdown(card))
 
 
+def _columns(counts):
+    """Count columns present in ``counts`` (train/valid/test, plus the doc ones when built)."""
+    first = next(iter(counts.values()), {})
+    return [k for k in ("train", "train_doc", "valid", "test", "valid_doc", "test_doc") if k in first]
+
+
 def summary_table(counts):
-    """Plain-text table of pair counts: one row per language, columns train/valid/test."""
-    rows = ["%-10s %9s %7s %7s" % ("pair", "train", "valid", "test")]
+    """Plain-text table of pair counts: one row per language, one column per split.
+
+    ``train_doc`` is the part of train that comes from documentation (already inside train).
+    """
+    cols = _columns(counts)
+    fmt = "%-10s" + " %9s" * len(cols)
+    rows = [fmt % tuple(["pair"] + cols)]
     for lang in sorted(counts):
-        c = counts[lang]
-        rows.append("%-10s %9d %7d %7d" % ("en-" + lang, c["train"], c["valid"], c["test"]))
-    total = {k: sum(c[k] for c in counts.values()) for k in ("train", "valid", "test")}
-    rows.append("%-10s %9d %7d %7d" % ("total", total["train"], total["valid"], total["test"]))
+        rows.append(fmt % tuple(["en-" + lang] + [counts[lang][k] for k in cols]))
+    rows.append(fmt % tuple(["total"] + [sum(c[k] for c in counts.values()) for k in cols]))
     return "\n".join(rows)
+
+
+def _contribution_table(card):
+    """Clean pairs each source adds to each chosen language (before dedup and splitting)."""
+    langs = card["languages"]
+    lines = ["", "Clean pairs each package adds per chosen language (before deduplication and splitting):", "",
+             "| package | %s |" % " | ".join(langs), "|---|%s" % "---:|" * len(langs)]
+    for src in card["sources"]:
+        by_lang = src.get("pairs_by_lang", {})
+        lines.append("| %s | %s |" % (src["name"], " | ".join(str(by_lang.get(l, 0)) for l in langs)))
+    return lines
 
 
 def render_markdown(card):
     lines = [
         "# Data card: %s" % card["name"],
         "",
-        "English-centric parallel corpus mined from the gettext localisation catalogs shipped in",
+        "English-centric parallel corpus mined from the gettext localisation catalogs (and, with",
+        "--docs, the translated desktop help) shipped in",
         "permissively licensed software packages. Built by `fairseq-taskmoe-prepare-data` on",
         "%s in %.0f s (%s)." % (card["built_at"], card["seconds"], card["command"]),
         "",
@@ -38,12 +59,23 @@ def render_markdown(card):
         "",
         "## Pairs per split",
         "",
-        "| pair | train | valid | test |",
-        "|---|---:|---:|---:|",
     ]
+    cols = _columns(card["counts"])
+    lines.append("| pair | %s |" % " | ".join(cols))
+    lines.append("|---|%s" % "---:|" * len(cols))
     for lang in card["languages"]:
         c = card["counts"][lang]
-        lines.append("| en-%s | %d | %d | %d |" % (lang, c["train"], c["valid"], c["test"]))
+        lines.append("| en-%s | %s |" % (lang, " | ".join(str(c[k]) for k in cols)))
+    if "test_doc" in cols:
+        lines += [
+            "",
+            "Two kinds of text: `ui` (gettext catalogs: menus, buttons, messages) and `doc` (paragraphs",
+            "of translated desktop help, aligned with their English originals). `train` holds both",
+            "(`train_doc` of them are doc); `valid`/`test` hold UI strings only and `valid_doc`/`test_doc`",
+            "documentation sentences only (English side of at least %d words), so the two kinds are"
+            % card["doc_min_eval_words"],
+            "scored apart: `--gen-subset test_doc` (fairseq) or `--subset test_doc` (evaluate).",
+        ]
     lines += [
         "",
         "Split by a hash of the normalised English source (%.1f%% valid, %.1f%% test buckets, at most"
@@ -53,12 +85,13 @@ def render_markdown(card):
         "",
         "## Origin",
         "",
-        "| package | version | licence | catalogs read | corrupt (skipped) |",
-        "|---|---|---|---:|---:|",
+        "| package | kind | version | licence | files read | skipped (corrupt / unaligned) |",
+        "|---|---|---|---|---:|---:|",
     ]
     for src in card["sources"]:
-        lines.append("| %s | %s | %s | %d | %d |" % (
-            src["name"], src["version"], src["licence"], src["catalogs"], src["corrupt"]))
+        lines.append("| %s | %s | %s | %s | %d | %d |" % (
+            src["name"], src.get("kind", "ui"), src["version"], src["licence"], src["catalogs"], src["corrupt"]))
+    lines += _contribution_table(card)
     lines += ["", "## Cleaning", "", "Pairs dropped, by reason (all languages read, before language selection):", ""]
     for reason, n in sorted(card["dropped"].items()):
         lines.append("- %s: %d" % (reason, n))
@@ -69,10 +102,18 @@ def render_markdown(card):
         "",
         "## Files",
         "",
-        "`spm.model` (shared sentencepiece, vocab %d), `dict.{lang}.txt` (one joined dictionary),"
-        % card["vocab_size"],
-        "`{split}.en-xx.{en,xx}.{bin,idx}`, `raw/{valid,test}.en-xx.{en,xx}` (detokenised, for BLEU),",
+        "`spm.model` (shared sentencepiece, vocab %d%s), `dict.{lang}.txt` (one joined dictionary),"
+        % (card["vocab_size"], _vocab_note(card)),
+        "`{split}.en-xx.{en,xx}.{bin,idx}`, `raw/{split}.en-xx.{en,xx}` for every split but train",
+        "(detokenised, for BLEU),",
         "`langs.txt`, `lang_pairs.txt`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _vocab_note(card):
+    asked = card.get("vocab_size_requested", card["vocab_size"])
+    if asked == card["vocab_size"]:
+        return ""
+    return "; --vocab-size %d was asked, but the training text only yields %d pieces" % (asked, card["vocab_size"])

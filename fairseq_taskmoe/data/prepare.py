@@ -8,8 +8,10 @@ model and binarised for fairseq's translation_multi_simple_epoch task. See docs/
 """
 import argparse
 import datetime
+import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,8 +20,9 @@ import time
 from .card import summary_table, write_card
 from .clean import normalize_lang
 from .corpus import Corpus
-from .sources import DEFAULT_DEBIAN, DEFAULT_PACKAGES, FetchError, describe, fetch_debian, fetch_pypi
-from .split import SPLITS, split_pairs
+from .sources import (DEFAULT_DEBIAN, DEFAULT_DOCS, DEFAULT_PACKAGES, FetchError, describe, fetch_debian,
+                      fetch_pypi, refuse_reserved)
+from .split import DOC_MIN_EVAL_WORDS, DOC_SPLITS, SPLITS, split_kinds
 
 logger = logging.getLogger("fairseq_taskmoe.data.prepare")
 
@@ -42,6 +45,11 @@ def get_parser():
     p.add_argument("--debian", action=argparse.BooleanOptionalAction, default=False,
                    help="also mine Debian packages' .mo files (apt-get download + dpkg-deb -x)")
     p.add_argument("--debian-packages", default=",".join(DEFAULT_DEBIAN), help="Debian packages for --debian")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=False,
+                   help="also mine sentence-length pairs from the translated desktop help in --doc-packages "
+                        "(Debian, apt-get download); adds valid_doc/test_doc splits")
+    p.add_argument("--doc-packages", default=",".join(DEFAULT_DOCS),
+                   help="Debian packages whose usr/share/help pages --docs aligns (LibreOffice is refused)")
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "fairseq_taskmoe", "packages"),
                    help="where downloaded archives are kept")
     p.add_argument("--offline", action="store_true", help="never download; fail if a package is not cached")
@@ -66,6 +74,18 @@ def _requested_langs(value):
     if not langs:
         raise ValueError("--langs is empty; give e.g. --langs de,fr or --langs all")
     return sorted(set(langs))
+
+
+_DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
+
+
+def _package_list(value, flag, debian):
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    for name in names:
+        refuse_reserved(name, flag)
+        if debian and not _DEB_NAME.fullmatch(name):
+            raise ValueError("%s: %r is not a Debian package name (lower case, digits, + - .)" % (flag, name))
+    return names
 
 
 def _validate(args):
@@ -103,26 +123,38 @@ def build(args, progress):
     start = time.time()
     requested = _validate(args)
     explicit = args.langs != get_parser().get_default("langs")
-    specs = [s.strip() for s in args.packages.split(",") if s.strip()]
-    debs = [s.strip() for s in args.debian_packages.split(",") if s.strip()] if args.debian else []
-    if not specs and not debs:
-        raise ValueError("--packages is empty and --debian is off: nothing to mine")
+    specs = _package_list(args.packages, "--packages", debian=False)
+    debs = _package_list(args.debian_packages, "--debian-packages", debian=True) if args.debian else []
+    docs = _package_list(args.doc_packages, "--doc-packages", debian=True) if args.docs else []
+    if not specs and not debs and not docs:
+        raise ValueError("--packages is empty and --debian/--docs are off: nothing to mine")
 
     sources = []
+    deb_cache = os.path.join(args.cache_dir, "debian")
     for spec in progress(specs, desc="fetch", unit="pkg"):
         sources.append(describe(fetch_pypi(spec, args.cache_dir, args.offline), spec.split("==")[0]))
     for deb in progress(debs, desc="fetch (debian)", unit="pkg"):
-        sources.append(describe(fetch_debian(deb, os.path.join(args.cache_dir, "debian"), args.offline), deb))
+        sources.append(describe(fetch_debian(deb, deb_cache, args.offline), deb))
+    for deb in progress(docs, desc="fetch (docs)", unit="pkg"):
+        src = describe(fetch_debian(deb, deb_cache, args.offline), deb)
+        src.kind = "doc"
+        sources.append(src)
 
     corpus = Corpus()
     source_rows = []
-    for src in progress(sources, desc="read catalogs", unit="pkg"):
+    for src in progress(sources, desc="read catalogs and help", unit="pkg"):
         read, corrupt = corpus.add_archive(src)
-        source_rows.append(dict(name=src.name, version=src.version, licence=src.licence,
-                                archive=os.path.basename(src.archive), catalogs=read, corrupt=corrupt))
+        source_rows.append(dict(name=src.name, version=src.version, licence=src.licence, kind=src.kind,
+                                archive=os.path.basename(src.archive), catalogs=read, corrupt=corrupt,
+                                pairs_by_lang=dict(sorted(corpus.added[src.name].items()))))
 
-    splits = {lang: split_pairs(pairs, args.valid_percent, args.test_percent, args.max_eval_pairs)
-              for lang, pairs in corpus.pairs.items()}
+    with_doc = bool(docs)
+    all_langs = set(corpus.pairs["ui"]) | set(corpus.pairs["doc"])
+    splits, train_doc = {}, {}
+    for lang in sorted(all_langs):
+        splits[lang], train_doc[lang] = split_kinds(
+            {kind: corpus.pairs[kind].get(lang, ()) for kind in corpus.pairs},
+            args.valid_percent, args.test_percent, args.max_eval_pairs, with_doc=with_doc)
     langs = _select(splits, requested, args.min_pairs, explicit)
     if not langs:
         raise ValueError("no language reaches --min-pairs %d; lower it or add --packages" % args.min_pairs)
@@ -135,21 +167,24 @@ def build(args, progress):
         from .binarize import binarize
 
         chosen = {lang: splits[lang] for lang in langs}
-        binarize(chosen, tmp, args.vocab_size, workers=args.workers, progress=progress)
+        _, vocab = binarize(chosen, tmp, args.vocab_size, workers=args.workers, progress=progress)
         for lang in langs:
             shutil.copyfile(os.path.join(tmp, "dict.txt"), os.path.join(tmp, "dict.%s.txt" % lang))
         with open(os.path.join(tmp, "langs.txt"), "w") as fh:
             fh.write("\n".join(["en"] + langs) + "\n")
         with open(os.path.join(tmp, "lang_pairs.txt"), "w") as fh:
             fh.write(",".join(p for l in langs for p in ("en-" + l, l + "-en")) + "\n")
-        counts = {l: {s: len(chosen[l][s]) for s in SPLITS} for l in langs}
+        names = SPLITS + (DOC_SPLITS if with_doc else ())
+        counts = {l: dict({s: len(chosen[l][s]) for s in names}, **({"train_doc": train_doc[l]} if with_doc else {}))
+                  for l in langs}
         card = dict(  # "languages" are the targets; English is the hub
             name=os.path.basename(out), languages=langs, counts=counts, sources=source_rows,
             dropped=dict(corpus.dropped), corrupt_files=corpus.corrupt_files,
             unnamed_catalog_langs=dict(corpus.skipped_langs),
             all_languages_train_pairs={l: len(s["train"]) for l, s in sorted(splits.items())},
             valid_percent=args.valid_percent, test_percent=args.test_percent, max_eval=args.max_eval_pairs,
-            vocab_size=args.vocab_size, min_pairs=args.min_pairs,
+            vocab_size=vocab, vocab_size_requested=args.vocab_size, min_pairs=args.min_pairs,
+            splits=list(names), doc_min_eval_words=DOC_MIN_EVAL_WORDS if with_doc else None,
             built_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             seconds=time.time() - start, command=" ".join(["fairseq-taskmoe-prepare-data"] + sys.argv[1:]),
         )
@@ -167,6 +202,18 @@ def build(args, progress):
     return out, counts, source_rows, time.time() - start
 
 
+_IO_REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "not writable (permission denied)", errno.EPERM: "not writable (not permitted)",
+               errno.ENOTDIR: "a path component is not a directory"}
+
+
+def io_error_message(exc, out):
+    """One line for an OSError while building: what happened and the path (or --out)."""
+    path = exc.filename or out
+    reason = _IO_REASONS.get(exc.errno, exc.strerror or str(exc))
+    return "cannot write %s: %s (--out %s; nothing was written there)" % (path, reason, out)
+
+
 def cli_main(argv=None):
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, force=True)
     args = get_parser().parse_args(argv)
@@ -179,6 +226,9 @@ def cli_main(argv=None):
         out, counts, sources, seconds = build(args, progress)
     except (ValueError, FetchError) as exc:
         print("fairseq-taskmoe-prepare-data: error: %s" % exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print("fairseq-taskmoe-prepare-data: error: %s" % io_error_message(exc, args.out), file=sys.stderr)
         return 2
     print()
     print(summary_table(counts))

@@ -38,6 +38,27 @@ DEFAULT_PACKAGES = (
 )
 # Debian binary packages carrying .mo files under usr/share/locale (only with --debian).
 DEFAULT_DEBIAN = ("inkscape", "vlc-l10n", "libgtk-3-common", "gnucash-common", "git", "util-linux-locales")
+# Debian binary packages whose translated desktop help (usr/share/help/<lang>/) is aligned with
+# its English original into sentence-length pairs (only with --docs). Measured 2026-11-25 on
+# Debian 12: the ones that add the most pairs to the eight default languages (docs/DATA.md).
+DEFAULT_DOCS = ("gnome-user-docs", "gnome-devel-docs", "mate-user-guide", "evolution-common", "orca",
+                "aisleriot", "gedit-common", "shotwell-common", "brasero-common", "rhythmbox-data")
+
+# LibreOffice's help and UI translations are reserved for evaluation: never mined, whatever the
+# package or path they come from.
+_RESERVED = re.compile(r"libre[-_ ]?office", re.IGNORECASE)
+
+
+def refuse_reserved(name, flag):
+    """ValueError if ``name`` (a package spec given to ``flag``) is LibreOffice material."""
+    if _RESERVED.search(name):
+        raise ValueError("%s: %r is LibreOffice material, which is reserved for evaluation and never "
+                         "used to build a corpus; remove it" % (flag, name))
+
+
+def is_reserved_path(path):
+    """True for a file inside an archive that belongs to LibreOffice (skipped, counted in the card)."""
+    return bool(_RESERVED.search(path))
 
 
 class FetchError(RuntimeError):
@@ -50,6 +71,7 @@ class Source:
     version: str
     licence: str
     archive: str  # path of the cached wheel / sdist / .deb
+    kind: str = "ui"  # "ui": gettext catalogs; "doc": translated help pages (helppages.py)
 
 
 def _canonical(name):
@@ -75,10 +97,50 @@ def find_cached(cache_dir, spec):
     return sorted(hits)[-1] if hits else None
 
 
+def archive_problem(path):
+    """Why the archive at ``path`` cannot be read (truncated download, not an archive), or None."""
+    base = os.path.basename(path)
+    try:
+        if base.endswith(".whl") or base.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()  # CRC of every member: catches a truncated or damaged wheel
+            return "member %s fails its CRC check" % bad if bad else None
+        if base.endswith(".deb"):
+            proc = subprocess.run(["dpkg-deb", "--contents", path], capture_output=True, text=True)
+            return (proc.stderr.strip().splitlines() or ["dpkg-deb failed"])[-1] if proc.returncode else None
+        with tarfile.open(path) as tf:
+            tf.getmembers()
+        return None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def _drop_if_corrupt(path, offline, what):
+    """Delete a corrupt cached archive so that it is fetched again; True if it was deleted."""
+    problem = archive_problem(path)
+    if problem is None:
+        return False
+    logger.warning("cached archive %s is corrupt (%s); deleting it and fetching %s again", path, problem, what)
+    os.remove(path)
+    if offline:
+        raise FetchError("--offline: the cached archive %s was corrupt (%s) and has been deleted; run once "
+                         "without --offline to fetch %s again" % (path, problem, what))
+    return True
+
+
+def _check_download(path, what):
+    problem = archive_problem(path)
+    if problem is not None:
+        os.remove(path)
+        raise FetchError("downloaded %s but %s is not a readable archive (%s); deleted it, try again"
+                         % (what, path, problem))
+    return path
+
+
 def fetch_pypi(spec, cache_dir, offline=False):
-    """Path of the archive for ``spec``; pip is only called when nothing is cached."""
+    """Path of the archive for ``spec``; pip is only called when nothing (readable) is cached."""
     cached = find_cached(cache_dir, spec)
-    if cached:
+    if cached and not _drop_if_corrupt(cached, offline, spec):
         return cached
     if offline:
         raise FetchError("--offline: %s is not in the cache %s; run once without --offline" % (spec, cache_dir))
@@ -94,13 +156,13 @@ def fetch_pypi(spec, cache_dir, offline=False):
             "could not download %s from the package index (%s). Check the network, pass "
             "--packages without it, or use --offline with a filled --cache-dir." % (spec, " / ".join(tail))
         )
-    return cached
+    return _check_download(cached, spec)
 
 
 def fetch_debian(package, cache_dir, offline=False):
     """Path of a cached .deb, downloaded with ``apt-get download`` (no root needed)."""
     hits = sorted(glob.glob(os.path.join(cache_dir, "%s_*.deb" % package)))
-    if hits:
+    if hits and not _drop_if_corrupt(hits[-1], offline, "Debian package " + package):
         return hits[-1]
     if offline:
         raise FetchError("--offline: Debian package %s is not cached in %s" % (package, cache_dir))
@@ -112,7 +174,7 @@ def fetch_debian(package, cache_dir, offline=False):
     if proc.returncode != 0 or not hits:
         raise FetchError("apt-get download %s failed: %s (try apt-get update, or --no-debian)"
                          % (package, proc.stderr.strip()[-300:]))
-    return hits[-1]
+    return _check_download(hits[-1], "Debian package " + package)
 
 
 def describe(archive, requested_name):
@@ -156,30 +218,48 @@ def _deb_licence(path):
 
 def iter_catalogs(archive):
     """Yield (path inside archive, bytes) for every .po/.mo; a .mo beside its .po is skipped."""
+    return _iter_members(archive, _pick_catalogs)
+
+
+def iter_help_files(archive):
+    """Yield (path inside archive, bytes) for every desktop help page (see helppages.py)."""
+    from .helppages import is_help_file
+
+    return _iter_members(archive, lambda names: sorted(n for n in names if is_help_file(n)))
+
+
+def _iter_members(archive, pick):
+    """(name, bytes) for the member names ``pick(names)`` returns; LibreOffice paths never read."""
     base = os.path.basename(archive)
     if base.endswith(".whl") or base.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            yield from _pick(zf.namelist(), zf.read)
+            yield from _read_picked(zf.namelist(), pick, zf.read)
     elif base.endswith(".deb"):
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(["dpkg-deb", "-x", archive, tmp], check=True)
-            paths = [os.path.relpath(os.path.join(d, f), tmp) for d, _, fs in os.walk(tmp) for f in fs]
+            # Regular files only: help dirs link untranslated figures back to C/ (and a link could
+            # point anywhere on this machine).
+            paths = [os.path.relpath(os.path.join(d, f), tmp) for d, _, fs in os.walk(tmp) for f in fs
+                     if not os.path.islink(os.path.join(d, f))]
 
             def _read(rel):
                 with open(os.path.join(tmp, rel), "rb") as fh:
                     return fh.read()
 
-            yield from _pick(paths, _read)
+            yield from _read_picked(paths, pick, _read)
     else:
         with tarfile.open(archive) as tf:
             members = {m.name: m for m in tf.getmembers() if m.isfile()}
-            yield from _pick(list(members), lambda n: tf.extractfile(members[n]).read())
+            yield from _read_picked(list(members), pick, lambda n: tf.extractfile(members[n]).read())
 
 
-def _pick(names, read):
+def _read_picked(names, pick, read):
+    for name in pick([n for n in names if not is_reserved_path(n)]):
+        yield name, read(name)
+
+
+def _pick_catalogs(names):
     names = [n for n in names if n.endswith(".po") or n.endswith(".mo")]
     po_stems = {n[:-3] for n in names if n.endswith(".po")}
-    for name in sorted(names):
-        if name.endswith(".mo") and name[:-3] in po_stems:
-            continue  # the .po has the same strings plus fuzzy flags we need
-        yield name, read(name)
+    # A .mo beside its .po is skipped: the .po has the same strings plus the fuzzy flags we need.
+    return [n for n in sorted(names) if not (n.endswith(".mo") and n[:-3] in po_stems)]

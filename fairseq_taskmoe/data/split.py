@@ -10,6 +10,12 @@ import re
 from collections import Counter, OrderedDict
 
 SPLITS = ("train", "valid", "test")
+# Documentation sentences get their own evaluation splits, so UI strings and sentences are
+# scored apart; their train pairs join the one train split.
+DOC_SPLITS = ("valid_doc", "test_doc")
+# A documentation test "sentence" has at least this many English words (help titles such as
+# "Copy files" are UI-like; they train but are not scored as sentences).
+DOC_MIN_EVAL_WORDS = 6
 _NON_WORD = re.compile(r"[\W_]+")
 
 
@@ -31,12 +37,13 @@ def assign_split(src, valid_percent, test_percent):
     return "train"
 
 
-def split_pairs(pairs, valid_percent=3.0, test_percent=3.0, max_eval=500):
+def split_pairs(pairs, valid_percent=3.0, test_percent=3.0, max_eval=500, min_eval_words=0):
     """Split one language's (en, xx) pairs into {"train": [...], "valid": [...], "test": [...]}.
 
     train keeps every distinct (en, xx) pair; valid/test keep one reference per English
     string (its most frequent translation) and at most ``max_eval`` strings. Eval-bucket
-    strings beyond the cap are dropped rather than moved to train, which would leak them.
+    strings beyond the cap are dropped rather than moved to train, which would leak them, and
+    so are eval-bucket strings of fewer than ``min_eval_words`` English words.
     """
     if not (0 <= valid_percent and 0 <= test_percent and valid_percent + test_percent < 100):
         raise ValueError("--valid-percent/--test-percent must be >= 0 and sum to < 100")
@@ -50,7 +57,7 @@ def split_pairs(pairs, valid_percent=3.0, test_percent=3.0, max_eval=500):
         split = assign_split(src, valid_percent, test_percent)
         if split == "train":
             out["train"].append((src, tgt))
-        else:
+        elif len(src.split()) >= min_eval_words:
             eval_targets[split].setdefault(src, Counter())[tgt] += 1
     for split, by_src in eval_targets.items():
         chosen = [(src, counts.most_common(1)[0][0]) for src, counts in by_src.items()]
@@ -58,3 +65,23 @@ def split_pairs(pairs, valid_percent=3.0, test_percent=3.0, max_eval=500):
         chosen.sort(key=lambda p: _hash(source_key(p[0]) + "\x00" + p[0], "cap:"))
         out[split] = chosen[:max_eval]
     return out
+
+
+def split_kinds(pairs_by_kind, valid_percent=3.0, test_percent=3.0, max_eval=500, with_doc=False):
+    """One language's ``(splits, train_doc)`` from ``{"ui": [...], "doc": [...]}``.
+
+    train = ui train + doc train; valid/test hold UI strings only; with ``with_doc``,
+    valid_doc/test_doc hold documentation sentences (possibly none for this language). Both
+    kinds use the same English-side hash, so no English string is in train and in any eval
+    split, whichever kind it came from. ``train_doc`` counts the doc pairs in train.
+    """
+    ui = split_pairs(pairs_by_kind.get("ui", ()), valid_percent, test_percent, max_eval)
+    out = {"train": ui["train"], "valid": ui["valid"], "test": ui["test"]}
+    if with_doc:
+        doc = split_pairs(pairs_by_kind.get("doc", ()), valid_percent, test_percent, max_eval,
+                          min_eval_words=DOC_MIN_EVAL_WORDS)
+        seen = set(out["train"])
+        out["train"] = out["train"] + [p for p in doc["train"] if p not in seen]
+        out["valid_doc"], out["test_doc"] = doc["valid"], doc["test"]
+        return out, len(doc["train"])
+    return out, 0

@@ -36,3 +36,41 @@ def fake_wheel_cache(tmp_path):
             zf.writestr("fakepkg/locale/%s/LC_MESSAGES/django.po" % code, str(po))
         zf.writestr("fakepkg/locale/it/LC_MESSAGES/django.mo", b"\x00garbage")
     return cache
+
+
+MALLARD = ('<page xmlns="http://projectmallard.org/1.0/" id="{id}"><info><desc>{desc}</desc>'
+           '<credit type="author"><name>Someone</name></credit></info><title>{title}</title>{body}</page>')
+
+
+def help_page(texts, page_id="p", extra=""):
+    """A Mallard page: the first text is the title, the rest are paragraphs."""
+    body = "".join("<p>%s</p>" % t for t in texts[1:]) + extra
+    return MALLARD.format(id=page_id, desc="About " + page_id, title=texts[0], body=body).encode("utf-8")
+
+
+def doc_sentences(lang, page, n=12):
+    """English paragraphs of one help page and a consistent fake translation."""
+    en = ["How to %s your %s %d" % (VERBS[page % 8].lower(), WORDS[page % 20], page)]
+    en += ["You can %s the %s of a %s in step %d of page %d." % (VERBS[i % 8].lower(), WORDS[(i + page) % 20],
+                                                               WORDS[(i * 3) % 20], i, page) for i in range(n)]
+    return en, ["[%s] %s" % (lang, " ".join(w[::-1] for w in s.split())) for s in en]
+
+
+def build_help_deb(directory, name="fakehelp", pages=40, langs=("de", "fr")):
+    """A real .deb (dpkg-deb -b) shipping usr/share/help/{C,<lang>}/<doc>/<page>.page."""
+    import subprocess
+
+    root = directory / ("%s-root" % name)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n" % name)
+    for page in range(pages):
+        for lang in ("C",) + tuple(langs):
+            en, xx = doc_sentences(lang, page)
+            d = root / "usr" / "share" / "help" / lang / "guide"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / ("page%d.page" % page)).write_bytes(help_page(en if lang == "C" else xx, "page%d" % page))
+    deb = directory / ("%s_1.0_all.deb" % name)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return deb
