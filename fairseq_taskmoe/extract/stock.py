@@ -23,6 +23,7 @@ from fairseq_taskmoe.extract import fuse
 from fairseq_taskmoe.extract.subnet import SIDES, dense_widths
 
 PLAIN_TYPES = (str, int, float, bool, type(None), Tensor)
+STOCK_TASK = "translation_multi_simple_epoch"
 
 
 def _deployable_meta(state: dict) -> dict:
@@ -50,8 +51,8 @@ def plugin_state(state: dict, model: Dict[str, Tensor], layout_json: str, task_n
     return out
 
 
-def pad_to_common_width(model: Dict[str, Tensor], num_layers: Dict[str, int]):
-    """Zero-pad every dense FFN of a side to that side's widest one.
+def pad_to_common_width(model: Dict[str, Tensor], num_layers: Dict[str, int], fmt: str = "stock"):
+    """Zero-pad every dense FFN of a side to that side's widest one (``fmt`` names the format in errors).
 
     Returns:
         new state dict, {side: width}, and the overhead report.
@@ -63,10 +64,13 @@ def pad_to_common_width(model: Dict[str, Tensor], num_layers: Dict[str, int]):
         layer_widths = dense_widths(model, side, num_layers[side])
         if any(w is None for w in layer_widths):
             moe = [i for i, w in enumerate(layer_widths) if w is None]
+            engine = "CTranslate2" if fmt == "ctranslate2" else "stock fairseq"
             raise ValueError(
-                f"--format stock: {side} layers {moe} are still MoE layers (token or sentence "
-                "routed); stock fairseq has no MoE layer. Use --format plugin, or extract a "
-                "model whose MoE sides are all task-routed")
+                f"--format {fmt}: {side} layers {moe} are still MoE layers (token or sentence "
+                f"routed); {engine} has no MoE layer. What works: --format plugin (served by "
+                f"fairseq_taskmoe.serve.from_pretrained or fairseq-taskmoe-translate), or a model "
+                f"trained with --moe-{side}-routing task (tasks by --moe-task-by target_lang or "
+                f"lang_pair) or none (dense {side})")
         if not layer_widths:
             continue
         width = max(layer_widths)
@@ -118,16 +122,19 @@ def stock_state(state: dict, model: Dict[str, Tensor], widths: Dict[str, int]) -
     """A plain-typed fairseq ``transformer`` checkpoint for ``translation_multi_simple_epoch``."""
     out = _plain(_deployable_meta(state))
     cfg = _plain(state["cfg"])
+    # argparse-era groups each hold every training flag, so the model group names the task and
+    # the task group the FFN widths: both must describe the stock model (the CTranslate2 converter
+    # builds the task and model from the model group alone).
+    stock_names = dict(arch="transformer", task=STOCK_TASK, user_dir=None)
     model_cfg = _strip_moe(cfg["model"])
-    model_cfg.update(_name="transformer", arch="transformer")
-    for side, width in widths.items():
-        model_cfg[f"{side}_ffn_embed_dim"] = width
+    model_cfg.update(_name="transformer", **stock_names)
     task_cfg = _strip_moe(cfg["task"])
-    task_cfg.update(_name="translation_multi_simple_epoch", task="translation_multi_simple_epoch",
-                    arch="transformer", user_dir=None)
+    task_cfg.update(_name=STOCK_TASK, **stock_names)
     for group in (model_cfg, task_cfg):
-        # The argparse-era groups hold every training flag: drop the plugin's names.
-        group["user_dir"] = None
+        for side, width in widths.items():
+            group[f"{side}_ffn_embed_dim"] = width
+        if isinstance(group.get("lang_pairs"), str):  # fairseq's type for --lang-pairs is a list
+            group["lang_pairs"] = group["lang_pairs"].split(",")
         if str(group.get("criterion", "")).endswith("_moe"):
             group["criterion"] = "label_smoothed_cross_entropy"
     cfg["model"], cfg["task"] = model_cfg, task_cfg

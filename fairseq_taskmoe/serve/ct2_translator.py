@@ -1,0 +1,105 @@
+"""Translate with a CTranslate2 export (``fairseq-taskmoe-extract --format ctranslate2``).
+
+Inputs are built as fairseq builds them: ``[__src__] + pieces`` (the converter
+sets ``add_source_eos``) and the decoder starts with ``</s>`` followed by the
+forced target-language token ``__tgt__`` (fairseq's ``inference_step`` passes it
+as a prefix token).
+
+fairseq scores a finished hypothesis as (sum of log-probs, *including the forced
+language token*) / length ** lenpen; CTranslate2 leaves the prefix's log-prob
+out of the sum (same length). With lenpen != 0 the two can rank hypotheses of
+different lengths differently, so by default (``fairseq_ranking=True``) the
+beam's hypotheses are re-ranked with fairseq's formula, using the prefix
+log-prob from ``score_batch``. The search itself (cumulative log-probs) is the
+same in both engines, so the float32 export returns fairseq-generate's
+hypotheses (tests/serve/test_ctranslate2.py).
+"""
+
+import json
+import os
+from typing import List, Optional
+
+from fairseq_taskmoe.serve.ctranslate2_export import import_ctranslate2, is_ctranslate2_dir, lang_token
+from fairseq_taskmoe.serve.text import Pieces, check_sentences, find_spm
+
+EOS = "</s>"
+
+
+def _vocabulary(path: str) -> set:
+    for name in ("shared_vocabulary.json", "source_vocabulary.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            with open(os.path.join(path, name)) as f:
+                return set(json.load(f))
+    return set()
+
+
+class CTranslate2Translator:
+    engine = "ctranslate2"
+
+    def __init__(self, path: str, device: str = "cpu", threads: int = 0, compute_type: str = "default",
+                 spm_model: Optional[str] = None):
+        if not is_ctranslate2_dir(path):
+            raise ValueError(f"{path}: not a CTranslate2 model directory (needs model.bin and "
+                             "config.json; write one with fairseq-taskmoe-extract --format ctranslate2)")
+        report_path = os.path.join(path, "extract.json")
+        if not os.path.isfile(report_path):
+            raise ValueError(f"{path}: a CTranslate2 model without extract.json; only exports of "
+                             "fairseq-taskmoe-extract --format ctranslate2 are supported (the file says "
+                             "which language tokens the model expects)")
+        with open(report_path) as f:
+            report = json.load(f)
+        self.info = report.get("ctranslate2") or {}
+        self.tasks, self.task_by = report.get("tasks", []), report.get("moe_task_by", "target_lang")
+        ct2 = import_ctranslate2()
+        try:
+            self.translator = ct2.Translator(path, device=device, compute_type=compute_type,
+                                             inter_threads=1, intra_threads=threads)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{path}: CTranslate2 cannot load the model ({err})") from err
+        self.vocab = _vocabulary(path)
+        self.pieces = Pieces(spm_model or find_spm(path))
+        self.quantization = self.info.get("quantization")
+
+    def _langtoks(self, src: str, tgt: str):
+        from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
+
+        key = task_key(self.task_by, src, tgt)
+        if key not in self.tasks:
+            raise ValueError(f"{src}-{tgt}: task {key!r} (--moe-task-by {self.task_by}) is not in this "
+                             f"export (tasks: {', '.join(self.tasks)}); export that pair's extract")
+        enc = {"src": src, "tgt": tgt}.get(self.info.get("encoder_langtok") or "")
+        enc_tok = lang_token(enc) if enc else None
+        dec_tok = lang_token(tgt) if self.info.get("decoder_langtok") else None
+        for flag, tok in (("src", enc_tok), ("tgt", dec_tok)):
+            if tok and tok not in self.vocab:
+                raise ValueError(f"{flag}: language token {tok} is not in the model's vocabulary")
+        return enc_tok, dec_tok
+
+    def translate(self, sentences, src: str, tgt: str, beam: int = 4, lenpen: float = 1.0,
+                  batch_size: int = 32, max_len_b: int = 200, fairseq_ranking: bool = True) -> List[str]:
+        """Translations of ``sentences`` (raw text with sentencepiece, else tokens), in order."""
+        sentences = check_sentences(sentences)
+        if not sentences:
+            return []
+        enc_tok, dec_tok = self._langtoks(src, tgt)
+        source = [([enc_tok] if enc_tok else []) + self.pieces.encode(s).split() for s in sentences]
+        prefix = [[dec_tok]] * len(source) if dec_tok else None
+        rerank = fairseq_ranking and dec_tok is not None and beam > 1 and lenpen != 0
+        results = self.translator.translate_batch(
+            source, target_prefix=prefix, beam_size=beam, length_penalty=lenpen,
+            max_batch_size=batch_size, max_decoding_length=max_len_b,
+            num_hypotheses=beam if rerank else 1, return_scores=rerank)
+        if rerank:
+            # log p(__tgt__ | source): the term CTranslate2 leaves out of the sum.
+            first = self.translator.score_batch(source, [[dec_tok]] * len(source), max_batch_size=batch_size)
+        out = []
+        for i, res in enumerate(results):
+            best = res.hypotheses[0]
+            if rerank:
+                def fairseq_score(k):
+                    norm = (len(res.hypotheses[k]) + 1) ** lenpen  # + </s>
+                    return (res.scores[k] * norm + first[i].log_probs[0]) / norm
+                best = res.hypotheses[max(range(len(res.hypotheses)), key=fairseq_score)]
+            words = [w for w in best if w != EOS and w != dec_tok]  # what fairseq strips
+            out.append(self.pieces.decode(" ".join(words)))
+        return out

@@ -1,0 +1,96 @@
+"""``--format ctranslate2``: a stock extract converted by CTranslate2's own fairseq converter.
+
+CTranslate2 has no MoE layer, so only a stock extract (one task, every MoE side
+task-routed or dense, see ``extract/stock.py``) converts. The conversion is
+``ctranslate2.converters.FairseqConverter`` unchanged; the one thing we adapt is
+the container of the model args: the converter reads them by attribute
+(``checkpoint["args"]``), while the stock extract keeps plain dicts so that stock
+fairseq can load it with torch's ``weights_only`` loader. The converter input is
+therefore a copy of the stock checkpoint whose ``args`` is an
+``argparse.Namespace`` of ``cfg.model`` (the plugin's allowlist lets the
+converter load it with ``weights_only=True``); it lives in the temp dir only.
+
+``ctranslate2`` is imported here, lazily: ``import fairseq_taskmoe`` never needs it.
+"""
+
+import argparse
+import os
+import shutil
+from typing import Dict, List, Optional
+
+import torch
+
+# ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES (4.x), listed here so that a bad
+# --quantization is refused before anything is read or written.
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                 "bfloat16", "float32")
+DEFAULT_QUANTIZATION = "int8"
+MODEL_FILES = ("model.bin", "config.json")
+
+
+def import_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError as err:
+        raise ValueError(f"--format ctranslate2 needs the ctranslate2 package ({err}); install it "
+                         "with `pip install ctranslate2==4.8.5` (pinned in requirements.txt)") from err
+    return ctranslate2
+
+
+def check_quantization(quantization: Optional[str]) -> str:
+    """The quantization to use; a clear ValueError for an unknown one or a missing ctranslate2."""
+    quantization = quantization or DEFAULT_QUANTIZATION
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    import_ctranslate2()
+    return quantization
+
+
+def langtoks(task_cfg: dict) -> Dict[str, object]:
+    """How the model marks languages: fairseq's --encoder-langtok / --decoder-langtok."""
+    if task_cfg.get("lang_tok_replacing_bos_eos"):
+        raise ValueError("--format ctranslate2: the model was trained with --lang-tok-replacing-bos-eos, "
+                         "which CTranslate2's fairseq converter does not support; use --format stock")
+    style = task_cfg.get("lang_tok_style") or "multilingual"
+    if style != "multilingual":
+        raise ValueError(f"--format ctranslate2: --lang-tok-style {style} is not supported (only "
+                         "'multilingual', tokens __xx__)")
+    return {"encoder_langtok": task_cfg.get("encoder_langtok"),
+            "decoder_langtok": bool(task_cfg.get("decoder_langtok"))}
+
+
+def lang_token(lang: str) -> str:
+    """fairseq's multilingual language token (``get_lang_tok`` with the default style)."""
+    return f"__{lang}__"
+
+
+def convert(stock_state: dict, dest: str, vocab_dir: str, pairs: List[str], quantization: str) -> dict:
+    """Write a CTranslate2 model of ``stock_state`` into ``dest`` (an empty temp dir).
+
+    Returns the ``ctranslate2`` entry of extract.json: quantization, pairs and
+    language-token conventions the translator needs (``serve/ct2_translator.py``).
+    """
+    from ctranslate2.converters import FairseqConverter
+
+    import_ctranslate2()
+    task_cfg = stock_state["cfg"]["task"]
+    info = dict(langtoks(task_cfg), quantization=quantization, pairs=list(pairs))
+    src, tgt = pairs[0].split("-")
+    work = os.path.join(dest, ".ctranslate2-convert")
+    os.mkdir(work)
+    try:
+        converter_input = dict(stock_state, args=argparse.Namespace(**stock_state["cfg"]["model"]))
+        path = os.path.join(work, "checkpoint.pt")
+        torch.save(converter_input, path)
+        model_dir = os.path.join(work, "model")
+        FairseqConverter(path, vocab_dir, source_lang=src, target_lang=tgt).convert(
+            model_dir, quantization=quantization)
+        for name in os.listdir(model_dir):
+            os.replace(os.path.join(model_dir, name), os.path.join(dest, name))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def is_ctranslate2_dir(path: str) -> bool:
+    return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
