@@ -42,8 +42,10 @@ def top_k_experts(
 
     Returns:
         probs (S, E) fp32 softmax, expert_idx (S, K), weights (S, K): for k=2
-        renormalised over the chosen experts (a dropped second expert gets
-        weight 0 and the first weight 1); for k=1 the gate probability.
+        renormalised over the kept experts (a second expert dropped by the
+        random policy gets weight 0 and the first weight 1, the same convention
+        as a drop by capacity in :func:`apply_capacity`); for k=1 the gate
+        probability.
     """
     probs = F.softmax(logits.float(), dim=-1)  # (S, E)
     num_experts = probs.size(-1)
@@ -99,7 +101,8 @@ def capacity(num_tokens: int, num_experts: int, k: int, factor: float) -> int:
     return max(1, int(-(-factor * k * num_tokens // num_experts)))
 
 
-def positions_in_expert(expert_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+def positions_in_expert(expert_idx: torch.Tensor, num_experts: int,
+                        valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Queue position of each assignment within its expert.
 
     Priority follows GShard: all first choices come before all second choices,
@@ -107,9 +110,16 @@ def positions_in_expert(expert_idx: torch.Tensor, num_experts: int) -> torch.Ten
 
     Args:
         expert_idx: (T, K) long.
+        valid: (T, K) bool or None. Invalid assignments (a second choice the
+            random policy dropped) take no slot, as in GShard, which masks them
+            out before its cumsum; their own positions are meaningless.
     Returns:
         (T, K) long positions.
     """
+    if valid is not None:
+        # Invalid assignments queue for a sentinel expert E that no real one sees.
+        expert_idx = torch.where(valid, expert_idx, torch.full_like(expert_idx, num_experts))
+        num_experts += 1
     num_tokens, k = expert_idx.shape
     flat = expert_idx.t().reshape(-1)  # (K*T,) choice-major order
     order = torch.argsort(flat, stable=True)  # (K*T,)
@@ -122,12 +132,31 @@ def positions_in_expert(expert_idx: torch.Tensor, num_experts: int) -> torch.Ten
 
 
 def apply_capacity(expert_idx, weights, num_experts: int, cap: Optional[int]) -> Routing:
-    """Drop assignments beyond ``cap`` slots per expert (None: dropless)."""
+    """Drop assignments beyond ``cap`` slots per expert (None: dropless).
+
+    Assignments with weight 0 (dropped earlier by the random second-expert
+    policy) are not routed and take no slot. Weight convention for K=2: a token
+    that loses one of its two experts (to capacity or to the random policy)
+    gives the kept expert weight 1, i.e. the weights are renormalised over the
+    kept experts, as fairscale's ``top2gating`` and fairseq's MoE gate (default
+    ``normalize_gate_prob_before_dropping=False``) do. K=1 weights stay the
+    gate probability (renormalising one expert would always give 1).
+
+    Args:
+        expert_idx, weights: (T, K) from :func:`top_k_experts`.
+    """
+    valid = weights > 0  # (T, K)
     if cap is None:
-        keep = weights > 0
+        keep = valid
     else:
-        keep = (positions_in_expert(expert_idx, num_experts) < cap) & (weights > 0)
-    return Routing(expert_idx, weights * keep.to(weights.dtype), keep)
+        keep = valid & (positions_in_expert(expert_idx, num_experts, valid) < cap)
+    kept = weights * keep.to(weights.dtype)  # (T, K)
+    if weights.size(1) > 1:
+        # Rows that lost an assignment only, so dropless routing stays bit-identical.
+        partial = (keep != valid).any(dim=-1, keepdim=True)  # (T, 1)
+        total = kept.sum(dim=-1, keepdim=True).clamp_min(1e-9)  # (T, 1)
+        kept = torch.where(partial, kept / total, kept)
+    return Routing(expert_idx, kept, keep)
 
 
 def segment_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

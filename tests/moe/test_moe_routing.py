@@ -102,3 +102,74 @@ def test_segment_and_prefix_mean_ignore_padding():
         m, state_s, state_c = prefix_mean(v[:, t:t + 1], mask[:, t:t + 1], state_s, state_c)
         steps.append(m)
     torch.testing.assert_close(torch.cat(steps, 1)[mask], means[mask])
+
+
+def test_positions_skip_invalid_assignments():
+    idx = torch.tensor([[0, 1], [0, 1], [2, 1], [2, 1]])
+    valid = torch.tensor([[True, False], [True, False], [True, True], [True, True]])
+    pos = positions_in_expert(idx, 3, valid)
+    # expert 1 sees only the valid second choices of t2 and t3
+    # row-major: t0 (e0), t1 (e0), t2 (e2, e1), t3 (e2, e1)
+    assert pos[valid].tolist() == [0, 1, 0, 0, 1, 1]
+    assert positions_in_expert(idx, 3)[2:, 1].tolist() == [2, 3]  # without `valid`: after t0, t1
+
+
+def test_random_policy_drop_takes_no_capacity_slot():
+    # t0, t1: second choice (expert 1) dropped by the random policy (weight 0).
+    idx = torch.tensor([[0, 1], [0, 1], [2, 1], [2, 1]])
+    w = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.4], [0.7, 0.3]])
+    r = apply_capacity(idx, w, 3, cap=2)
+    assert r.keep.tolist() == [[True, False], [True, False], [True, True], [True, True]]
+    torch.testing.assert_close(r.weights, w, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_policy_with_capacity_never_drops_while_slots_are_free(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(400, 8, generator=g) * 2
+    _, idx, w = top_k_experts(logits, 2, "random", training=True, generator=g)
+    cap = capacity(400, 8, 2, 0.6)
+    r = apply_capacity(idx, w, 8, cap)
+    valid = w > 0
+    assert (valid & ~r.keep).any(), "capacity never bound: the test would not catch the bug"
+    kept = torch.bincount(idx[r.keep], minlength=8)
+    for e in range(8):
+        dropped_here = (valid & ~r.keep & (idx == e)).any()
+        assert kept[e] <= cap
+        if dropped_here:
+            assert kept[e] == cap, f"expert {e} dropped a real assignment with {cap - kept[e]} free slots"
+
+
+def test_one_weight_convention_for_dropped_second_expert():
+    """Second expert lost to capacity or to the random policy: the first gets weight 1."""
+    # capacity: expert 1 has one slot; t0's and t1's first choices fill experts 0 and 1,
+    # so t0's second choice (expert 1) is dropped, t1's second (expert 0) too (cap 1).
+    idx = torch.tensor([[0, 1], [1, 0], [2, 3]])
+    w = torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.55, 0.45]])
+    r = apply_capacity(idx, w, 4, cap=1)
+    assert r.keep.tolist() == [[True, False], [True, False], [True, True]]
+    assert r.weights[:2].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    torch.testing.assert_close(r.weights[2], w[2], atol=0, rtol=0)  # nothing dropped: unchanged
+    # the random policy's drop gives the same weights
+    torch.manual_seed(0)
+    logits = torch.randn(300, 4)
+    _, ridx, rw = top_k_experts(logits, 2, "random", training=True)
+    dropped = rw[:, 1] == 0
+    assert dropped.any() and torch.all(rw[dropped, 0] == 1.0)
+    rr = apply_capacity(ridx, rw, 4, cap=None)
+    assert torch.all(rr.weights[dropped, 0] == 1.0) and torch.all(rr.weights[dropped, 1] == 0)
+    # first choice dropped by capacity, second kept: the second gets weight 1
+    r = apply_capacity(torch.tensor([[0, 1], [0, 2]]), torch.tensor([[0.6, 0.4], [0.8, 0.2]]), 3, cap=1)
+    assert r.keep.tolist() == [[True, True], [False, True]]
+    assert r.weights[1].tolist() == [0.0, 1.0]
+    # both dropped: no weight at all (residual only)
+    r = apply_capacity(torch.tensor([[0, 1]] * 3), torch.full((3, 2), 0.5), 2, cap=1)
+    assert r.weights[1:].abs().sum() == 0
+
+
+def test_top1_capacity_drop_keeps_gate_probability_weights():
+    idx = torch.tensor([[0], [0], [1]])
+    w = torch.tensor([[0.9], [0.8], [0.4]])
+    r = apply_capacity(idx, w, 2, cap=1)
+    assert r.keep.squeeze(1).tolist() == [True, False, True]
+    torch.testing.assert_close(r.weights.squeeze(1), torch.tensor([0.9, 0.0, 0.4]))
