@@ -19,15 +19,20 @@ language while encoder experts do not. Legend: G languages (groups), E experts.
 """
 
 import argparse
-import json
-import logging
+import errno
 import os
-import sys
 from typing import Dict, List
 
 import torch
 
+from fairseq_taskmoe.analysis.stats import check_data_dir, check_pairs, expert_counts, moe_layer_ids, setup_pair
+from fairseq_taskmoe.checkpoints import (
+    atomic_file, atomic_write_json, check_writable, console_main, lang_pairs, load_source, model_args, run, task_args,
+)
+from fairseq_taskmoe.checkpoints.validate import check_moe_state
 from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
+
+PROG = "fairseq-taskmoe-routing"
 
 GROUP_BY = ("target_lang", "source_lang", "lang_pair")
 
@@ -56,63 +61,33 @@ def normalized_mutual_information(counts: torch.Tensor) -> float:
     return mi / h_lang if h_lang > 0 else 0.0
 
 
-def moe_layer_ids(model, side: str) -> List[int]:
-    """Indices of the layers of ``side`` whose FFN is an MoE block, in forward order."""
-    from fairseq_taskmoe.moe.layer import MoELayer
+def usage(state: dict, model_ns, task_ns, data: str, pairs: List[str], split="valid",
+          group_by="target_lang", max_sentences=0, ckpt: str = "", log=print) -> dict:
+    """The JSON report: per MoE layer, (G, E) counts and shares, top-k share and NMI.
 
-    layers = getattr(model, side).layers
-    return [i for i, layer in enumerate(layers) if any(isinstance(m, MoELayer) for m in layer.modules())]
-
-
-def pair_counts(ckpt: str, data: str, pair: str, split: str, max_sentences: int):
-    """{side: [(E,) counts per MoE layer]} summed over ``pair``'s ``split``, and the model."""
-    from fairseq import checkpoint_utils
-
-    src, tgt = pair.split("-")
-    overrides = {"data": data, "source_lang": src, "target_lang": tgt}
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides=overrides)
-    model = models[0].float().eval()
-    task.load_dataset(split)
-    itr = task.get_batch_iterator(dataset=task.dataset(split), max_tokens=4000,
-                                  num_workers=0).next_epoch_itr(shuffle=False)
-    sums, seen = {}, 0
-    with torch.no_grad():
-        for sample in itr:
-            if max_sentences and seen >= max_sentences:
-                break
-            task.add_task_ids(sample)
-            net = sample["net_input"]
-            _, extra = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"],
-                             task_ids=net.get("task_ids"), features_only=True)
-            for side, stats in extra["moe_stats"].items():
-                counts = [s.expert_counts.double() for s in stats]
-                sums[side] = counts if side not in sums else [a + b for a, b in zip(sums[side], counts)]
-            seen += net["src_tokens"].size(0)
-    return sums, model, seen
-
-
-def usage(ckpt: str, data: str, pairs: List[str], split="valid", group_by="target_lang",
-          max_sentences=0, log=print) -> dict:
-    """The JSON report: per MoE layer, (G, E) counts and shares, top-k share and NMI."""
+    ``state`` is a checkpoint loaded by ``fairseq_taskmoe.checkpoints.load_source``
+    and checked by ``check_moe_state``; the model is built from it once.
+    """
     if group_by not in GROUP_BY:
         raise ValueError(f"--group-by must be one of {', '.join(GROUP_BY)}; got {group_by!r}")
-    groups: Dict[str, Dict[str, list]] = {}
+    groups: Dict[str, Dict[str, Dict[int, torch.Tensor]]] = {}
     model, sentences = None, {}
     for pair in pairs:
-        sums, model, seen = pair_counts(ckpt, data, pair, split, max_sentences)
+        task, model = setup_pair(state, model_ns, task_ns, data, pair, model)
+        sums, seen = expert_counts(task, model, split, "--split", max_sentences)
         sentences[pair] = seen
         key = task_key(group_by, *pair.split("-"))
         for side, counts in sums.items():
-            cur = groups.setdefault(key, {}).get(side)
-            groups[key][side] = counts if cur is None else [a + b for a, b in zip(cur, counts)]
+            cur = groups.setdefault(key, {}).setdefault(side, {})
+            for layer, c in counts.items():
+                cur[layer] = cur.get(layer, 0) + c
         log(f"routing: {pair} {seen} sentences")
     names = sorted(groups)
     cfg = model.encoder.moe_cfg
     layers = []
     for side in ("encoder", "decoder"):
-        ids = moe_layer_ids(model, side)
-        for j, layer_id in enumerate(ids):
-            counts = torch.stack([groups[g][side][j] for g in names])  # (G, E)
+        for layer_id in moe_layer_ids(model, side):
+            counts = torch.stack([groups[g][side][layer_id] for g in names])  # (G, E)
             layers.append({
                 "side": side, "layer": layer_id, "routing": str(getattr(cfg, f"moe_{side}_routing")),
                 "experts": counts.size(1), "counts": counts.tolist(), "shares": shares(counts).tolist(),
@@ -121,17 +96,26 @@ def usage(ckpt: str, data: str, pairs: List[str], split="valid", group_by="targe
                 "nmi": normalized_mutual_information(counts)})
     summary = {side: {m: sum(l[m] for l in layers if l["side"] == side) / max(1, sum(
         l["side"] == side for l in layers)) for m in ("top_k_share", "nmi")} for side in ("encoder", "decoder")}
-    return {"checkpoint": os.path.abspath(ckpt), "split": split, "group_by": group_by, "groups": names,
-            "pairs": pairs, "sentences": sentences, "top_k": int(cfg.moe_top_k), "layers": layers,
-            "summary": summary}
+    return {"checkpoint": os.path.abspath(ckpt) if ckpt else "", "split": split, "group_by": group_by,
+            "groups": names, "pairs": pairs, "sentences": sentences, "top_k": int(cfg.moe_top_k),
+            "layers": layers, "summary": summary}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ValueError("--png needs matplotlib, which is not installed: pip install matplotlib "
+                         "(or pip install 'fairseq-taskmoe[plot]'), or leave --png out") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def heatmap(report: dict, path: str):
     """One panel per MoE layer: languages x experts, colour = share of the language's assignments."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     layers = report["layers"]
     if not layers:
         raise ValueError("the model has no MoE layers: nothing to plot")
@@ -144,9 +128,11 @@ def heatmap(report: dict, path: str):
         ax.set_yticks(range(len(report["groups"])), report["groups"], fontsize=7)
         ax.set_xlabel("expert", fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of assignments")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def print_table(report: dict):
@@ -159,7 +145,7 @@ def print_table(report: dict):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="fairseq-taskmoe-routing", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="binarized data dir")
     p.add_argument("--split", default="valid")
@@ -167,44 +153,53 @@ def get_parser():
     p.add_argument("--group-by", default="target_lang", choices=GROUP_BY)
     p.add_argument("--max-sentences", type=int, default=0, help="per pair, about (0: the whole split)")
     p.add_argument("--json", required=True, help="output JSON")
-    p.add_argument("--png", default=None, help="heatmap PNG (languages x experts, one panel per layer)")
+    p.add_argument("--png", default=None, help="heatmap PNG (languages x experts, one panel per layer; "
+                   "needs matplotlib)")
     return p
 
 
-def main(argv=None) -> dict:
-    import fairseq_taskmoe  # noqa: F401  (registers the plugin, installs the safe loader)
-    from fairseq_taskmoe.extract.checkpoint_io import load_source, task_args
+def check_output(path: str, flag: str):
+    """Fail before the (slow) analysis if ``path`` cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{flag} {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    check_writable(path)
 
+
+def main(argv=None) -> dict:
     args = get_parser().parse_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    pairs = [p for p in args.pairs.split(",") if p]
-    if not pairs:
-        ns = task_args(load_source(args.checkpoint))
-        lp = getattr(ns, "lang_pairs", None) or []
-        pairs = lp if isinstance(lp, list) else str(lp).split(",")
-    if not pairs:
-        raise ValueError("--pairs: the checkpoint stores no --lang-pairs; give --pairs en-de,...")
-    report = usage(args.checkpoint, args.data, pairs, args.split, args.group_by, args.max_sentences)
+    if args.max_sentences < 0:
+        raise ValueError(f"--max-sentences must be >= 0, got {args.max_sentences}")
+    check_data_dir(args.data, "--data")
+    for flag, path in (("--json", args.json), ("--png", args.png)):
+        if path:
+            check_output(path, flag)
+    if args.png:
+        _pyplot()
+    state = load_source(args.checkpoint)
+    model_ns = model_args(state, args.checkpoint)
+    task_ns = task_args(state) or model_ns
+    check_moe_state(state, model_ns, args.checkpoint)
+    known = lang_pairs(task_ns)
+    pairs = check_pairs([p for p in args.pairs.split(",") if p] or known, known, "--pairs")
+    report = usage(state, model_ns, task_ns, args.data, pairs, args.split, args.group_by,
+                   args.max_sentences, ckpt=args.checkpoint)
     print_table(report)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, args.json)
+    atomic_write_json(args.json, report, indent=1)
     if args.png:
         heatmap(report, args.png)
     return report
 
 
 def cli_main():
-    # force: importing fairseq already set the root logger to DEBUG (its wav2vec2_classification
-    # module calls basicConfig(level=DEBUG)), which would print every library's debug lines.
-    logging.basicConfig(level=logging.WARNING, force=True)
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"fairseq-taskmoe-routing: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    console_main(PROG, main)
+
+
+def run_main(argv=None) -> int:
+    """``main`` behind the console script's error handling (what tests call in-process)."""
+    return run(PROG, main, argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ OSErrors raised here carry the destination path (``err.filename``), so
 """
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -90,6 +91,25 @@ def atomic_file(path, mode: str = "wb"):
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def check_writable(path) -> str:
+    """Fail early, naming ``path``, if it could not be written: probes its nearest existing
+    ancestor directory by creating and removing a hidden temp file (root ignores mode bits,
+    so ``os.access`` alone would miss a read-only mount). Returns that directory."""
+    path = os.path.abspath(os.fspath(path))
+    probe_dir = os.path.dirname(path)
+    while not os.path.isdir(probe_dir):
+        if os.path.lexists(probe_dir):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", probe_dir)
+        probe_dir = os.path.dirname(probe_dir)
+    probe = _hidden(os.path.join(probe_dir, os.path.basename(path)), TMP)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, path) from err
+    os.remove(probe)
+    return probe_dir
 
 
 def atomic_write_bytes(path, data: bytes):

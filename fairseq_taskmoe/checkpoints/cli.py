@@ -31,7 +31,7 @@ _OS_WORDS = {
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "not writable (read-only file system)",
     errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
+    errno.EPERM: "not writable (operation not permitted)",
     errno.ENOTDIR: "not a directory",
     errno.EISDIR: "is a directory",
     errno.ENOENT: "not found",

@@ -2,8 +2,9 @@
 
 Files: ``fuse.py`` (pure tensor functions), ``subnet.py`` (state dict ->
 sub-network), ``stock.py`` (plugin / stock checkpoint states), ``prune.py``
-(routing statistics), ``checkpoint_io.py`` (load, atomic write), ``api.py``
-(``extract()``), ``cli.py`` (the console script).
+(routing statistics), ``outdir.py`` (what --out may replace, vocabulary
+files), ``api.py`` (``extract()``), ``cli.py`` (the console script). Loading and
+atomic writes live in ``fairseq_taskmoe.checkpoints``.
 """
 
 from fairseq_taskmoe.extract.api import extract

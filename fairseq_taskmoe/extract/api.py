@@ -2,22 +2,24 @@
 
 import copy
 import json
+import logging
 import os
-import shutil
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from fairseq_taskmoe.config import moe_config_from_args, task_names
-from fairseq_taskmoe.extract import checkpoint_io as io
-from fairseq_taskmoe.extract import stock
+from fairseq_taskmoe.checkpoints import (
+    atomic_dir, atomic_torch_save, atomic_write_json, lang_pairs, load_source, model_args, sha256,
+    task_args,
+)
+from fairseq_taskmoe.checkpoints.validate import check_moe_state
+from fairseq_taskmoe.config import task_names
+from fairseq_taskmoe.extract import outdir, stock
 from fairseq_taskmoe.extract.subnet import check_extractable, extract_subnet
+from fairseq_taskmoe.serve import ctranslate2_export as ct2_export
 from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
 
-FORMATS = ("plugin", "stock")
+FORMATS = ("plugin", "stock", "ctranslate2")
 
-
-def _pairs(task_ns) -> List[str]:
-    pairs = getattr(task_ns, "lang_pairs", None) or []
-    return pairs if isinstance(pairs, list) else str(pairs).split(",")
+logger = logging.getLogger("fairseq_taskmoe.extract")
 
 
 def resolve_tasks(requested: Iterable[str], target_langs: Iterable[str], task_by: str,
@@ -25,7 +27,7 @@ def resolve_tasks(requested: Iterable[str], target_langs: Iterable[str], task_by
     """Gate rows (sorted) and language pairs of the requested pairs / target languages."""
     pairs = []
     for pair in requested:
-        if pair.count("-") != 1:
+        if pair.count("-") != 1 or not all(pair.split("-")):
             raise ValueError(f"--tasks takes language pairs src-tgt (e.g. en-de); got {pair!r}")
         pairs.append(pair)
     for lang in target_langs:
@@ -65,6 +67,23 @@ def count_params(model: Dict) -> Dict[str, int]:
     return {"total": total, "decoder": decoder}
 
 
+def check_prune(n: int, moe_cfg, num_layers: Dict[str, int]):
+    """``--prune-token-experts N`` must remove something: top-k <= N < experts of a routed layer."""
+    from fairseq_taskmoe.extract.subnet import moe_layers, side_routing
+
+    top_k = int(moe_cfg.moe_top_k)
+    if n < top_k:
+        raise ValueError(f"--prune-token-experts must be >= --moe-top-k ({top_k}), got {n}")
+    routed = [e for side, _, e in moe_layers(moe_cfg, num_layers) if side_routing(moe_cfg, side) != "task"]
+    if not routed:
+        raise ValueError("--prune-token-experts: the model has no token- or sentence-routed MoE layer "
+                         "(task-routed layers are extracted exactly); leave the flag out")
+    if n >= max(routed):
+        raise ValueError(f"--prune-token-experts {n}: the token/sentence-routed layers have at most "
+                         f"{max(routed)} experts, so nothing would be pruned; valid: {top_k} to "
+                         f"{max(routed) - 1}")
+
+
 def _experts_fraction(layers: List[dict], side: str) -> Optional[float]:
     mine = [l for l in layers if l["side"] == side]
     if not mine:
@@ -75,54 +94,65 @@ def _experts_fraction(layers: List[dict], side: str) -> Optional[float]:
 def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: str = "plugin",
             force: bool = False, prune_token_experts: Optional[int] = None,
             prune_data: Optional[str] = None, prune_split: str = "valid",
-            target_langs: Sequence[str] = (), data_dir: Optional[str] = None) -> dict:
+            target_langs: Sequence[str] = (), data_dir: Optional[str] = None,
+            quantization: Optional[str] = None) -> dict:
     """Write a per-task sub-network of ``checkpoint`` to ``out_dir``; return extract.json's content.
 
     Args:
         tasks: language pairs ("en-de"); mapped to tasks by the model's --moe-task-by.
         fmt: "plugin" (transformer_taskmoe) or "stock" (fairseq transformer, one task,
-            every MoE side task-routed).
+            every MoE side task-routed) or "ctranslate2" (that stock model converted by
+            CTranslate2's fairseq converter, ``quantization`` weights; see docs/SERVING.md).
         prune_token_experts: keep the N most used experts of token/sentence routed
             layers, counted on ``prune_data``/``prune_split`` (approximate).
-        data_dir: where the dictionaries are (default: the checkpoint's task data).
+        data_dir: where the dictionaries are copied from (default: the checkpoint's own
+            directory; the checkpoint's recorded data dir is never followed).
+        prune_data: data dir for the routing statistics (default: ``data_dir``).
+        force: replace ``out_dir`` if it is an earlier extract (never anything else).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    if not out_dir:
-        raise ValueError("--out is required")
-    io.check_out_dir(out_dir, force)
-    state = io.load_source(checkpoint)
-    model_ns = io.model_args(state, checkpoint)
-    task_ns = io.task_args(state) or model_ns
-    moe_cfg = moe_config_from_args(model_ns)
+    if fmt == "ctranslate2":
+        quantization = ct2_export.check_quantization(quantization)
+    elif quantization:
+        raise ValueError(f"--quantization is for --format ctranslate2 (got --format {fmt})")
+    prune_data = prune_data or (data_dir if prune_token_experts is not None else None)
+    for flag, path in (("--data", data_dir), ("--prune-data", prune_data)):
+        if path and not os.path.isdir(path):
+            raise FileNotFoundError(f"{flag} {path}: no such directory")
+    for note in outdir.check_out_dir(out_dir, force, [checkpoint, data_dir, prune_data]):
+        logger.warning(note)
+    state = load_source(checkpoint)
+    model_ns = model_args(state, checkpoint)
+    task_ns = task_args(state) or model_ns
+    moe_cfg, num_layers = check_moe_state(state, model_ns, checkpoint)
     names = task_names(moe_cfg)
-    num_layers = {"encoder": int(model_ns.encoder_layers), "decoder": int(model_ns.decoder_layers)}
     check_extractable(moe_cfg, num_layers, checkpoint)
     rows, pairs, data_pairs = resolve_tasks(tasks, target_langs, str(moe_cfg.moe_task_by), names,
-                                            _pairs(task_ns))
-    if fmt == "stock" and len(rows) != 1:
-        raise ValueError(f"--format stock takes exactly one task (a stock transformer has no "
+                                            lang_pairs(task_ns))
+    if fmt != "plugin" and len(rows) != 1:
+        raise ValueError(f"--format {fmt} takes exactly one task (a stock transformer has no "
                          f"router); got {len(rows)}: {', '.join(names[r] for r in rows)}")
+    vocab = outdir.vocab_dir(data_dir, checkpoint, getattr(task_ns, "data", None))
+    outdir.check_langs(vocab, sorted({lang for p in pairs for lang in p.split("-")}),
+                       "--data" if data_dir else "the checkpoint's directory")
 
     counts = None
-    if prune_token_experts is not None and prune_token_experts < int(moe_cfg.moe_top_k):
-        raise ValueError(f"--prune-token-experts must be >= --moe-top-k ({moe_cfg.moe_top_k}), "
-                         f"got {prune_token_experts}")
     if prune_token_experts is not None:
         from fairseq_taskmoe.extract.prune import routing_counts
 
-        data = prune_data or io.find_data_dir(getattr(task_ns, "data", None), checkpoint)
-        if not data:
-            raise ValueError("--prune-token-experts needs --prune-data (the checkpoint's data dir "
-                             "is not reachable)")
-        counts = routing_counts(state, model_ns, task_ns, moe_cfg, data, prune_split, data_pairs)
+        check_prune(prune_token_experts, moe_cfg, num_layers)
+        if not prune_data:
+            raise ValueError("--prune-token-experts needs --prune-data DIR (or --data DIR): the "
+                             "binarized data whose routing decides which experts stay")
+        counts = routing_counts(state, model_ns, task_ns, prune_data, prune_split, data_pairs)
 
     sub = extract_subnet(state["model"], moe_cfg, num_layers, rows, prune_token_experts, counts)
     kept_names = [names[r] for r in rows]
     layout_json = json.dumps(sub.layout, sort_keys=True)
     report = {
         "source_checkpoint": os.path.abspath(checkpoint),
-        "source_sha256": io.sha256(checkpoint),
+        "source_sha256": sha256(checkpoint),
         "tasks": kept_names,
         "pairs": pairs,
         "moe_task_by": str(moe_cfg.moe_task_by),
@@ -138,23 +168,18 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
     if fmt == "plugin":
         out_state = stock.plugin_state(state, sub.state, layout_json, ",".join(kept_names))
     else:
-        padded, widths, overhead = stock.pad_to_common_width(sub.state, num_layers)
+        padded, widths, overhead = stock.pad_to_common_width(sub.state, num_layers, fmt)
         out_state = stock.stock_state(state, padded, widths)
         report["params_written"] = count_params(padded)
         report["stock_overhead"] = overhead
 
-    data = data_dir or io.find_data_dir(getattr(task_ns, "data", None), checkpoint)
-    tmp = io.make_tmp_dir(out_dir)
-    try:
-        io.save_checkpoint(out_state, os.path.join(tmp, "checkpoint.pt"))
-        report["vocab_files"] = io.copy_vocab(data, tmp) if data else []
-        if not data:
-            report["vocab_note"] = ("training data dir not reachable: dict.*.txt not copied (the "
-                                    "checkpoint stores no vocabulary); pass --data DIR")
-        with open(os.path.join(tmp, "extract.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        io.commit_dir(tmp, out_dir, force)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+    report["vocab_dir"] = vocab
+    with atomic_dir(out_dir, replace=force) as tmp:
+        if fmt == "ctranslate2":
+            report["ctranslate2"] = ct2_export.convert(out_state, tmp, vocab, pairs, quantization)
+        else:
+            atomic_torch_save(out_state, os.path.join(tmp, "checkpoint.pt"))
+        report["vocab_files"] = outdir.copy_vocab(vocab, tmp)
+        atomic_write_json(os.path.join(tmp, outdir.MARKER), report, indent=2)
+        outdir.check_out_dir(out_dir, force, [checkpoint, data_dir, prune_data])  # still safe to replace
     return copy.deepcopy(report)

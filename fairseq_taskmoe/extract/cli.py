@@ -1,21 +1,26 @@
 """``fairseq-taskmoe-extract``: write a deployable per-task sub-network.
 
     fairseq-taskmoe-extract CHECKPOINT --tasks en-de [en-fr ...] --out DIR
-        [--format plugin|stock] [--target-langs de,fr]
-        [--prune-token-experts N [--prune-data DIR] [--prune-split valid]] [--force]
+        [--format plugin|stock|ctranslate2 [--quantization int8]] [--target-langs de,fr]
+        [--data DIR] [--prune-token-experts N [--prune-data DIR] [--prune-split valid]] [--force]
+
+Errors are one line, ``fairseq-taskmoe-extract: error: ...``; exit status 2 for
+bad input, 3 for a refused (unsafe) checkpoint or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD,
+4 for disk full / read-only / permission (see fairseq_taskmoe/checkpoints/cli.py).
 """
 
 import argparse
 import json
-import logging
-import sys
 
+from fairseq_taskmoe.checkpoints import console_main, run
 from fairseq_taskmoe.extract.api import FORMATS
+
+PROG = "fairseq-taskmoe-extract"
 
 
 def get_parser():
     parser = argparse.ArgumentParser(
-        prog="fairseq-taskmoe-extract",
+        prog=PROG,
         description="Extract the sub-network a task uses from a transformer_taskmoe checkpoint "
                     "(task-routed MoE layers become dense FFNs). See docs/EXTRACT.md.")
     parser.add_argument("checkpoint", help="a transformer_taskmoe checkpoint (or any shard of an "
@@ -27,47 +32,48 @@ def get_parser():
     parser.add_argument("--out", required=True, help="output directory (checkpoint.pt, dict.*.txt, extract.json)")
     parser.add_argument("--format", default="plugin", choices=FORMATS,
                         help="plugin: transformer_taskmoe checkpoint (needs --user-dir); stock: plain "
-                             "fairseq transformer (one task, every MoE side task-routed)")
+                             "fairseq transformer (one task, every MoE side task-routed); "
+                             "ctranslate2: that stock model as a CTranslate2 model directory")
+    parser.add_argument("--quantization", default=None, metavar="TYPE",
+                        help="--format ctranslate2 only: weight type of the CTranslate2 model, one of "
+                             "int8 (default), int8_float32, int8_float16, int8_bfloat16, int16, "
+                             "float16, bfloat16, float32 (see docs/SERVING.md)")
     parser.add_argument("--prune-token-experts", type=int, default=None, metavar="N",
                         help="token/sentence-routed layers keep their N most used experts on the "
                              "task's data (approximate; default: keep all, exact)")
     parser.add_argument("--prune-data", default=None, help="data dir for the routing statistics "
-                        "(default: the checkpoint's training data dir)")
+                        "(default: --data)")
     parser.add_argument("--prune-split", default="valid", help="split for the routing statistics")
-    parser.add_argument("--data", default=None, help="where dict.*.txt / spm.model are (default: the "
-                        "checkpoint's training data dir)")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--data", default=None, help="binarized data dir whose dict.*.txt (and spm.model "
+                        "in or next to it) go into --out (default: the checkpoint's own directory; the "
+                        "data dir recorded in the checkpoint is never followed)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier extract "
+                        "(has extract.json); never anything else, never a directory holding an input")
     return parser
 
 
 def main(argv=None) -> int:
     from fairseq_taskmoe.extract.api import extract
-    from fairseq_taskmoe.safe_load import UnsafeCheckpointError
 
     args = get_parser().parse_args(argv)
-    try:
-        report = extract(
-            args.checkpoint, args.tasks, args.out, fmt=args.format, force=args.force,
-            prune_token_experts=args.prune_token_experts, prune_data=args.prune_data,
-            prune_split=args.prune_split, data_dir=args.data,
-            target_langs=[t for t in args.target_langs.split(",") if t])
-    except UnsafeCheckpointError as err:
-        print(f"fairseq-taskmoe-extract: error: {err}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"fairseq-taskmoe-extract: error: {err}", file=sys.stderr)
-        return 2
+    report = extract(
+        args.checkpoint, args.tasks, args.out, fmt=args.format, force=args.force,
+        prune_token_experts=args.prune_token_experts, prune_data=args.prune_data,
+        prune_split=args.prune_split, data_dir=args.data, quantization=args.quantization,
+        target_langs=[t for t in args.target_langs.split(",") if t])
     summary = {k: report[k] for k in ("tasks", "format", "moe_layout", "params_before", "params_after",
-                                      "decoder_experts_kept_fraction")}
+                                      "decoder_experts_kept_fraction", "vocab_dir")}
     print(json.dumps(summary))
     return 0
 
 
 def cli_main():
-    # force: importing fairseq already set the root logger to DEBUG (its wav2vec2_classification
-    # module calls basicConfig(level=DEBUG)), which would print every library's debug lines.
-    logging.basicConfig(level=logging.WARNING, force=True)
-    sys.exit(main())
+    console_main(PROG, main)
+
+
+def run_main(argv=None) -> int:
+    """``main`` behind the console script's error handling (what tests call in-process)."""
+    return run(PROG, main, argv)
 
 
 if __name__ == "__main__":

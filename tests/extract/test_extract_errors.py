@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from fairseq_taskmoe.extract import extract
-from fairseq_taskmoe.extract.cli import main
+from fairseq_taskmoe.extract.cli import run_main
 from fairseq_taskmoe.safe_load import UnsafeCheckpointError
 from taskmoe_testlib import BIN
 
 
 def run_main(argv, capsys):
-    code = main([str(a) for a in argv])
+    code = run_main([str(a) for a in argv])
     return code, capsys.readouterr().err
 
 
@@ -26,21 +26,34 @@ def test_unknown_task_lists_known_ones(token_task_ckpt, tmp_path, capsys):
     assert code == 2 and "src-tgt" in err
 
 
-def test_existing_out_needs_force(token_task_ckpt, tmp_path, capsys):
+def test_existing_out_needs_force(token_task_ckpt, toy_data, tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    code, err = run_main([token_task_ckpt, "--tasks", "en-de", "--out", out], capsys)
+    argv = [token_task_ckpt, "--tasks", "en-de", "--out", out, "--data", toy_data]
+    code, err = run_main(argv, capsys)
     assert code == 2 and "--force" in err and (out / "keep.txt").exists()
-    code, _ = run_main([token_task_ckpt, "--tasks", "en-de", "--out", out, "--force"], capsys)
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "checkpoint.pt").exists()
-    # nothing left behind next to --out
+    # --force replaces only an earlier extract: a directory without extract.json is kept
+    code, err = run_main(argv + ["--force"], capsys)
+    assert code == 2 and "not an earlier extract" in err and (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert run_main(argv, capsys)[0] == 0
+    (out / "stale.txt").write_text("x")
+    code, _ = run_main(argv + ["--force"], capsys)
+    assert code == 0 and not (out / "stale.txt").exists() and (out / "checkpoint.pt").exists()
+    # nothing left behind next to --out; files readable per the umask, not 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "checkpoint.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
-def test_stock_refused_for_token_side_and_several_tasks(token_task_ckpt, task_task_ckpt, tmp_path):
+def test_stock_refused_for_token_side_and_several_tasks(token_task_ckpt, task_task_ckpt, toy_data,
+                                                        tmp_path):
     with pytest.raises(ValueError, match="--format stock: encoder layers \\[1\\] are still MoE"):
-        extract(str(token_task_ckpt), ["en-de"], str(tmp_path / "a"), fmt="stock")
+        extract(str(token_task_ckpt), ["en-de"], str(tmp_path / "a"), fmt="stock", data_dir=str(toy_data))
     with pytest.raises(ValueError, match="--format stock takes exactly one task"):
         extract(str(task_task_ckpt), ["en-de", "en-fr"], str(tmp_path / "b"), fmt="stock")
     with pytest.raises(ValueError, match="--format must be one of plugin, stock"):

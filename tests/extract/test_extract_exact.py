@@ -52,7 +52,8 @@ def assert_same_hypotheses(full, sub):
 
 def test_plugin_single_task_logits_and_generate(token_task_ckpt, toy_data, tmp_path):
     out = tmp_path / "de"
-    proc = run_cli("fairseq-taskmoe-extract", [token_task_ckpt, "--tasks", "en-de", "--out", out])
+    proc = run_cli("fairseq-taskmoe-extract", [token_task_ckpt, "--tasks", "en-de", "--out", out,
+                                                    "--data", toy_data])
     report = json.loads((out / "extract.json").read_text())
     assert json.loads(proc.stdout.strip().splitlines()[-1])["tasks"] == ["de"]
     # token encoder kept whole, task decoder fused to one FFN of 2 experts' width
@@ -67,7 +68,7 @@ def test_plugin_single_task_logits_and_generate(token_task_ckpt, toy_data, tmp_p
 
 def test_multi_task_exact_for_each_task(token_task_ckpt, toy_data, tmp_path):
     out = tmp_path / "multi"
-    report = extract(str(token_task_ckpt), ["en-de", "en-fr"], str(out))
+    report = extract(str(token_task_ckpt), ["en-de", "en-fr"], str(out), data_dir=str(toy_data))
     assert report["tasks"] == ["de", "fr"]
     dec = report["moe_layout"]["decoder"]["1"]
     union = sorted({e for t in report["layers"][1]["per_task"] for e in t["experts"]})
@@ -85,7 +86,7 @@ def test_multi_task_exact_for_each_task(token_task_ckpt, toy_data, tmp_path):
 
 def test_stock_format_exact_and_decodes_without_plugin(task_task_ckpt, toy_data, tmp_path):
     out = tmp_path / "stock"
-    report = extract(str(task_task_ckpt), ["en-de"], str(out), fmt="stock")
+    report = extract(str(task_task_ckpt), ["en-de"], str(out), fmt="stock", data_dir=str(toy_data))
     assert report["format"] == "stock"
     assert report["stock_overhead"]["decoder"]["ffn_width"] == 256
     assert report["stock_overhead"]["ffn_flops_overhead_pct"] > 0
@@ -112,7 +113,7 @@ def test_stock_format_exact_and_decodes_without_plugin(task_task_ckpt, toy_data,
 
 def test_plugin_format_of_task_task_model_fuses_both_sides(task_task_ckpt, toy_data, tmp_path):
     out = tmp_path / "fr"
-    report = extract(str(task_task_ckpt), [], str(out), target_langs=["fr"])
+    report = extract(str(task_task_ckpt), [], str(out), target_langs=["fr"], data_dir=str(toy_data))
     assert report["tasks"] == ["fr"] and report["pairs"] == ["en-fr"]
     assert report["moe_layout"] == {"encoder": {"1": {"ffn_dim": 256}}, "decoder": {"1": {"ffn_dim": 256}}}
     assert_same_logits(task_task_ckpt, out / "checkpoint.pt", toy_data, "en-fr")
@@ -121,7 +122,7 @@ def test_plugin_format_of_task_task_model_fuses_both_sides(task_task_ckpt, toy_d
 def test_prune_token_experts(token_task_ckpt, toy_data, tmp_path):
     out = tmp_path / "pruned"
     report = extract(str(token_task_ckpt), ["en-de"], str(out), prune_token_experts=2,
-                     prune_data=str(toy_data), prune_split="valid")
+                     data_dir=str(toy_data), prune_split="valid")  # --prune-data defaults to --data
     enc = report["layers"][0]
     assert enc["side"] == "encoder" and len(enc["kept"]) == 2
     counts = enc["routing_counts"]
@@ -132,4 +133,4 @@ def test_prune_token_experts(token_task_ckpt, toy_data, tmp_path):
     assert model.encoder.layers[1].moe.router.wg.weight.shape[0] == 2
     with pytest.raises(ValueError, match="--prune-token-experts must be >= --moe-top-k"):
         extract(str(token_task_ckpt), ["en-de"], str(tmp_path / "bad"), prune_token_experts=1,
-                prune_data=str(toy_data))
+                data_dir=str(toy_data))
