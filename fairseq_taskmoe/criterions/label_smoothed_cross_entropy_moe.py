@@ -42,6 +42,11 @@ def summarize_moe_stats(moe_stats):
         logs[f"moe_{side}_assigned"] = float(sum(s.assigned for s in layers))
         logs[f"moe_{side}_cv"] = float(cv.mean())
         logs[f"moe_{side}_n"] = 1
+        sent = [s.a2a_sent for s in layers if s.a2a_sent is not None]  # expert parallel only
+        if sent:
+            logs[f"moe_{side}_a2a_sent"] = float(sum(sent))
+            logs[f"moe_{side}_a2a_routed"] = float(sum(s.a2a_routed for s in layers
+                                                       if s.a2a_routed is not None))
     aux = torch.stack(aux_terms).mean() if aux_terms else None
     return aux, logs
 
@@ -91,6 +96,11 @@ class LabelSmoothedCrossEntropyMoECriterion(LabelSmoothedCrossEntropyCriterion):
             metrics.log_scalar(f"moe_{side[:3]}_cv", cv / n, n, round=3)
             metrics.log_scalar(f"moe_{side[:3]}_overflow_pct", 100.0 * dropped / max(assigned, 1.0),
                                assigned, round=2)
+            # expert parallel: rows handed to the all-to-all / rows routed (1.0 = no padding)
+            routed = sum(log.get(f"moe_{side}_a2a_routed", 0) for log in logging_outputs)
+            if routed > 0:
+                sent = sum(log.get(f"moe_{side}_a2a_sent", 0) for log in logging_outputs)
+                metrics.log_scalar(f"moe_{side[:3]}_a2a_ratio", sent / routed, routed, round=3)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -4,6 +4,7 @@ Legend: L length, B batch, D model dim, T routed (non-pad) tokens, E experts,
 K experts per token.
 """
 
+from functools import partial
 from typing import NamedTuple, Optional
 
 import torch
@@ -22,6 +23,11 @@ class MoEStats(NamedTuple):
     expert_counts: Tensor  # (E,) kept token assignments per expert
     dropped: Tensor  # () assignments dropped by capacity
     assigned: Tensor  # () assignments before capacity
+    # Expert parallel only (None otherwise): rows this rank handed to the
+    # all-to-all, and the kept assignments it routed; sent / routed is the
+    # logged moe_{enc,dec}_a2a_ratio (1.0: no padding).
+    a2a_sent: Optional[Tensor] = None
+    a2a_routed: Optional[Tensor] = None
 
 
 class MoELayer(nn.Module):
@@ -77,6 +83,14 @@ class MoELayer(nn.Module):
         )
         return routing, stats
 
+    def _run_expert_fn(self, x_sorted, counts, a2a):
+        """``expert_fn`` may return ``(y, rows_sent)`` (expert parallel); keep the count."""
+        out = self.expert_fn(x_sorted, counts)
+        if isinstance(out, tuple):
+            out, a2a["sent"] = out
+            a2a["routed"] = x_sorted.size(0)
+        return out
+
     def forward(self, x: Tensor, padding_mask: Optional[Tensor], task_ids: Optional[Tensor] = None,
                 incremental_state=None):
         """
@@ -94,8 +108,13 @@ class MoELayer(nn.Module):
             mask = ~padding_mask
         routing, stats = self.route(x_bld, mask, task_ids, incremental_state)
         tokens = x_bld[mask]  # (T, D)
-        run = self.expert_fn or self.experts.forward_sorted
+        a2a = {}
+        run = self.experts.forward_sorted if self.expert_fn is None else partial(
+            self._run_expert_fn, a2a=a2a)
         y_tokens = dispatch_combine(tokens, routing, self.num_experts, run)  # (T, D)
+        if a2a:
+            stats = stats._replace(a2a_sent=torch.tensor(float(a2a["sent"])),
+                                   a2a_routed=torch.tensor(float(a2a["routed"])))
         y = x_bld.new_zeros(x_bld.shape)
         y[mask] = y_tokens.to(y.dtype)
         return y.transpose(0, 1), stats

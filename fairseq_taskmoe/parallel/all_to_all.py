@@ -1,22 +1,21 @@
 """Expert-parallel dispatch: tokens reach the rank that owns their expert.
 
 Legend: W ranks in the expert group, E global experts, El = E / W local
-experts, C slots per (rank, expert), A this rank's kept assignments, D model dim.
+experts, A this rank's kept assignments, R rows this rank receives, D model dim.
 
-Rank w owns the contiguous global experts ``w*El .. (w+1)*El - 1``. fairscale's
-``_AllToAll`` (``dist.all_to_all_single`` with autograd) only does equal
-splits, so every rank packs its assignments into a fixed (E, C, D) buffer with
-C = the largest count of any expert on any rank. The counts come from one
-``all_gather`` of the (E,) count vector, which also tells each owner how many
-rows of every slot are real, so nothing is dropped (dropless stays dropless);
-the price is padding up to C (see docs/PARALLEL.md).
+Rank w owns the contiguous global experts ``w*El .. (w+1)*El - 1``, so rows
+sorted by global expert are already grouped by destination rank. One
+``all_gather`` of the (E,) count vector per layer call tells every rank how
+many rows it sends to and receives from each rank, and ``all_to_all_single``
+with those split sizes moves exactly the routed rows: no padding to the busiest
+expert (the old (E, C, D) buffer was up to E/K times the real data under task
+routing). Dropless stays dropless: every kept assignment travels.
 """
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.distributed as dist
-from fairscale.nn.moe.moe_layer import _AllToAll
 from torch import Tensor
 
 
@@ -27,18 +26,48 @@ def gather_counts(counts: Tensor, group=None) -> Tensor:
     return torch.stack(out)
 
 
-def slot_index(counts: Tensor, capacity: int) -> Tensor:
-    """Flat positions of the real rows in an (N, C) slot grid.
+class AllToAllSplit(torch.autograd.Function):
+    """``all_to_all_single`` with split sizes, differentiable.
 
-    counts: (N,) rows used in each of N slots. Returns (sum(counts),) indices
-    into the flattened (N*C) grid, slot 0's rows first, in row order.
+    Forward sends ``send_splits[w]`` rows of ``x`` to rank w and receives
+    ``recv_splits[w]`` rows from it; backward is the same exchange with the
+    splits swapped (the gradient of a row returns to the rank that sent it).
     """
-    pos = torch.arange(capacity, device=counts.device)  # (C,)
-    used = pos.unsqueeze(0) < counts.unsqueeze(1)  # (N, C)
-    return used.reshape(-1).nonzero().squeeze(1)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, send_splits: List[int], recv_splits: List[int], group=None):
+        ctx.splits, ctx.group = (send_splits, recv_splits), group
+        out = x.new_empty((sum(recv_splits),) + tuple(x.shape[1:]))  # (R, D)
+        dist.all_to_all_single(out, x.contiguous(), recv_splits, send_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        send_splits, recv_splits = ctx.splits
+        out = grad.new_empty((sum(send_splits),) + tuple(grad.shape[1:]))  # (A, D)
+        dist.all_to_all_single(out, grad.contiguous(), send_splits, recv_splits, group=ctx.group)
+        return out, None, None, None
 
 
-def expert_parallel_run(x_sorted: Tensor, counts_list: List[int], experts, group=None) -> Tensor:
+def source_to_expert_order(mine: Tensor) -> Tensor:
+    """Permutation that regroups received rows by local expert.
+
+    mine: (W, El) rows that source rank w sent for local expert e; received
+    rows arrive source-major (w, then e). Returns ``perm`` (R,) such that
+    ``recv[perm]`` is expert-major (e, then w, rows in order).
+    """
+    lengths = mine.reshape(-1)  # (W*El,) source-major
+    starts = torch.cumsum(lengths, 0) - lengths  # (W*El,)
+    lengths_em = mine.t().reshape(-1)  # (El*W,) expert-major
+    starts_em = starts.view(mine.shape).t().reshape(-1)
+    out_starts = torch.cumsum(lengths_em, 0) - lengths_em
+    total = int(lengths.sum())
+    offset = torch.repeat_interleave(starts_em - out_starts, lengths_em, output_size=total)
+    return torch.arange(total, device=mine.device) + offset
+
+
+def expert_parallel_run(x_sorted: Tensor, counts_list: List[int], experts,
+                        group=None) -> Tuple[Tensor, int]:
     """Run global experts on rows sorted by global expert id, across ranks.
 
     Args:
@@ -46,42 +75,40 @@ def expert_parallel_run(x_sorted: Tensor, counts_list: List[int], experts, group
         counts_list: E ints, rows per global expert on this rank.
         experts: this rank's ``StackedExperts`` (El experts).
     Returns:
-        (A, D) expert outputs in the order of ``x_sorted``.
+        (A, D) expert outputs in the order of ``x_sorted``, and the number of
+        rows this rank handed to the all-to-all (== A: no padding).
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     num_experts = len(counts_list)
     n_local = num_experts // world
     assert n_local * world == num_experts and experts.num_experts == n_local
-    dim = x_sorted.size(1)
-    counts = torch.tensor(counts_list, dtype=torch.long, device=x_sorted.device)  # (E,)
-    all_counts = gather_counts(counts, group)  # (W, E)
-    cap = int(all_counts.max())
-    if cap == 0:  # every rank sees the same counts, so every rank skips together
-        return x_sorted
+    counts = torch.tensor(counts_list, dtype=torch.long)  # (E,) on CPU: gloo and splits need host ints
+    all_counts = gather_counts(counts.to(x_sorted.device), group).cpu()  # (W, E)
+    if int(all_counts.sum()) == 0:  # every rank sees the same counts, so every rank skips together
+        return x_sorted, 0
+    send_splits = counts.view(world, n_local).sum(1).tolist()  # (W,) rows to each owner
+    mine = all_counts[:, rank * n_local:(rank + 1) * n_local]  # (W, El) rows from each source
+    recv_splits = mine.sum(1).tolist()  # (W,)
 
-    send_idx = slot_index(counts, cap)  # (A,)
-    send = x_sorted.new_zeros(num_experts * cap, dim).index_copy(0, send_idx, x_sorted)  # (E*C, D)
-    # Chunk w of dim 0 (experts w*El..) goes to rank w; we get our El experts' slots from every rank.
-    recv = _AllToAll.apply(group, send).view(world, n_local, cap, dim)  # (W, El, C, D)
-
-    mine = all_counts[:, rank * n_local:(rank + 1) * n_local].t()  # (El, W) rows from each source
-    recv_idx = slot_index(mine.reshape(-1), cap)  # into the (El*W*C) grid, grouped by local expert
-    x_local = recv.transpose(0, 1).reshape(-1, dim).index_select(0, recv_idx)  # (sum, D)
-    y_local = experts.forward_sorted(x_local, mine.sum(1).tolist())  # (sum, D)
-    out = y_local.new_zeros(n_local * world * cap, dim).index_copy(0, recv_idx, y_local)
-    out = out.view(n_local, world, cap, dim).transpose(0, 1).reshape(num_experts * cap, dim)
-
-    back = _AllToAll.apply(group, out)  # (E*C, D): owner w's results for our slots of its experts
-    return back.index_select(0, send_idx)  # (A, D)
+    recv = AllToAllSplit.apply(x_sorted, send_splits, recv_splits, group)  # (R, D) source-major
+    perm = source_to_expert_order(mine).to(x_sorted.device)  # (R,)
+    y_local = experts.forward_sorted(recv.index_select(0, perm), mine.sum(0).tolist())  # (R, D)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    back = AllToAllSplit.apply(y_local.index_select(0, inverse), recv_splits, send_splits, group)
+    return back, x_sorted.size(0)  # (A, D)
 
 
 class ExpertParallelRun:
     """``MoELayer.expert_fn`` for a sharded layer (a plain callable, not a
-    module, so the experts are not registered twice in the state dict)."""
+    module, so the experts are not registered twice in the state dict).
+
+    Returns ``(y_sorted, rows_sent)``; the layer turns ``rows_sent`` into the
+    logged all-to-all ratio (rows sent / rows routed)."""
 
     def __init__(self, experts, group=None):
         self.experts = experts
         self.group = group
 
-    def __call__(self, x_sorted: Tensor, counts_list: List[int]) -> Tensor:
+    def __call__(self, x_sorted: Tensor, counts_list: List[int]) -> Tuple[Tensor, int]:
         return expert_parallel_run(x_sorted, counts_list, self.experts, self.group)

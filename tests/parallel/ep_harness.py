@@ -22,20 +22,28 @@ from fairseq_taskmoe.parallel.sharding import shard_experts_for_expert_parallel
 E, D, FFN, V, L, B = 4, 8, 16, 11, 5, 4
 
 
+# Every routing mode through the all-to-all: token routing with a binding
+# capacity (0.5: each rank drops assignments) and dropless, sentence, task.
+LAYERS = (("token", {"capacity_factor": 0.5}), ("token", {"dropless": True}),
+          ("sentence", {}), ("task", {"num_tasks": 3}))
+
+
 class TinyMoE(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(V, D)
-        self.moe_token = MoELayer(D, FFN, E, "token", 2, torch.relu, dropless=True)
-        self.moe_task = MoELayer(D, FFN, E, "task", 2, torch.relu, num_tasks=3)
+        self.moes = nn.ModuleList(MoELayer(D, FFN, E, routing, 2, torch.relu, **kw)
+                                  for routing, kw in LAYERS)
         self.out = nn.Linear(D, V)
 
     def forward(self, tokens, pad, task_ids):  # tokens (L, B), pad (B, L)
         x = self.embed(tokens)  # (L, B, D)
-        y, _ = self.moe_token(x, pad, task_ids)
-        x = x + y
-        y, _ = self.moe_task(x, pad, task_ids)
-        return self.out(x + y)  # (L, B, V)
+        stats = []
+        for moe in self.moes:
+            y, st = moe(x, pad, task_ids)
+            x = x + y
+            stats.append(st)
+        return self.out(x), stats  # (L, B, V)
 
 
 def global_batch():
@@ -54,27 +62,50 @@ def build(seed=0):
     return shard_experts_for_expert_parallel(TinyMoE())
 
 
-def train_step(model, opt, rank, world, clip=0.05):
+def train_step(model, opt, rank, world, clip=0.05, parts=2):
+    """One update on the global batch, cut into ``parts`` slices of sentences.
+
+    With W = parts ranks, rank r runs slice r; with W = 1 the one process runs
+    every slice in turn and sums their gradients (fairseq's --update-freq).
+    Capacity is per forward call, so this is the single-process run that W
+    ranks must reproduce exactly; dropless layers would match the whole batch
+    in one call too.
+    """
+    assert parts % world == 0
     tokens, targets, pad, task_ids = global_batch()
-    cols = slice(rank * B // world, (rank + 1) * B // world)
-    tokens, targets, pad, task_ids = tokens[:, cols], targets[:, cols], pad[cols], task_ids[cols]
-    logits = model(tokens, pad, task_ids)
-    keep = ~pad.t()
-    loss = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
-    loss.backward()
-    stats = torch.stack([loss.detach(), keep.sum().float()])
+    step = B // parts
+    loss_sum = tokens.new_zeros((), dtype=torch.float)
+    ntok = tokens.new_zeros((), dtype=torch.float)
+    a2a = torch.zeros(2)  # rows sent, rows routed (expert parallel only)
+    dropped = torch.zeros(())
+    for part in range(rank, parts, world):
+        cols = slice(part * step, (part + 1) * step)
+        logits, stats = model(tokens[:, cols], pad[cols], task_ids[cols])
+        keep = ~pad[cols].t()
+        n = keep.sum().float()
+        loss = F.cross_entropy(logits[keep], targets[:, cols][keep], reduction="sum")
+        aux = torch.stack([st.aux_loss for st in stats]).mean()
+        (loss + 0.01 * n * aux).backward()  # the criterion's aux term, per forward call
+        loss_sum += loss.detach()
+        ntok += n
+        dropped += stats[0].dropped
+        for st in stats:
+            if st.a2a_sent is not None:
+                a2a += torch.stack([st.a2a_sent, st.a2a_routed])
+    stats = torch.stack([loss_sum, ntok, dropped])
     if world > 1:
         for p in model.parameters():
             if not hasattr(p, "expert"):
                 p.grad /= world
                 dist.all_reduce(p.grad)
         dist.all_reduce(stats)
+        dist.all_reduce(a2a)
     for p in model.parameters():
         p.grad *= world / stats[1]
     norm = clip_grad_norm_expert_parallel(model.parameters(), clip)
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     opt.step()
-    return stats[0], norm, grads
+    return stats[0], norm, grads, {"dropped": stats[2], "a2a_sent": a2a[0], "a2a_routed": a2a[1]}
 
 
 def full(name, t, world):
@@ -88,8 +119,8 @@ def run_step(rank, world, out_path):
     """One step; rank 0 saves loss, norm, grads and params (all experts) to out_path."""
     model = build()
     opt = ExpertParallelAdam(model.parameters(), lr=0.01)
-    loss, norm, grads = train_step(model, opt, rank, world)
-    result = {"loss": loss, "norm": norm,
+    loss, norm, grads, moe = train_step(model, opt, rank, world)
+    result = {"loss": loss, "norm": norm, "moe": moe,
               "grads": {n: full(n, g, world) for n, g in grads.items()},
               "params": {n: full(n, p, world) for n, p in model.named_parameters()}}
     if world > 1:  # the checkpoint path: gather on all ranks, rank 0 writes

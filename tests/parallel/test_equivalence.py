@@ -1,6 +1,8 @@
 """2-process expert parallel equals 1 process: loss, grad norm, grads and the
-updated params of every expert after one step; the gathered checkpoint loads
-back into each rank's shard (params and Adam moments)."""
+updated params of every expert after one step, for token (with a binding
+capacity and dropless), sentence and task routing through the split-size
+all-to-all (rows sent == rows routed); the gathered checkpoint loads back into
+each rank's shard (params and Adam moments)."""
 
 import torch
 import torch.distributed as dist
@@ -37,6 +39,11 @@ def test_two_ranks_match_one(tmp_path):
     torch.testing.assert_close(two["loss"], one["loss"])
     torch.testing.assert_close(two["norm"], one["norm"])
     assert one["norm"] > 0.05, "clipping must be active for the test to cover it"
+    assert one["moe"]["dropped"] > 0, "the capacity layer must drop for the test to cover it"
+    assert two["moe"]["dropped"] == one["moe"]["dropped"]
+    assert one["moe"]["a2a_routed"] == 0  # W = 1: no all-to-all, nothing logged
+    assert two["moe"]["a2a_routed"] > 0
+    assert two["moe"]["a2a_sent"] == two["moe"]["a2a_routed"]  # no padding
     for n in one["grads"]:
         torch.testing.assert_close(two["grads"][n], one["grads"][n], msg=n)
         torch.testing.assert_close(two["params"][n], one["params"][n], msg=n)
