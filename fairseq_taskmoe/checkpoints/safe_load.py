@@ -21,10 +21,13 @@ plugin warns when it is set, and the plugin's tools refuse to run.
 """
 
 import argparse
+import io
 import os
 import pickle
+import pickletools
 import re
 import warnings
+import zipfile
 
 import torch
 
@@ -84,6 +87,52 @@ def _blocked_global(message: str) -> str:
     return ""
 
 
+def _pickle_bytes(path: str, limit: int = 64 << 20) -> bytes:
+    """The pickle stream of a checkpoint (``data.pkl`` of a torch zip file, else the file)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+            if not names:
+                return b""
+            with zf.open(names[0]) as f:
+                return f.read(limit)
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def pickle_globals(path: str) -> list:
+    """``module.name`` of every global a pickle file imports, read without unpickling.
+
+    ``pickletools.genops`` only decodes opcodes, so nothing runs; it is how the
+    refusal can name what was blocked even when torch's unpickler stops earlier
+    (e.g. at an opcode it does not support).
+    """
+    found, strings = [], []
+    try:
+        stream = io.BytesIO(_pickle_bytes(path))
+        for _ in range(8):  # legacy torch files hold several pickles back to back
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                    strings.append(str(arg))
+            if stream.tell() >= len(stream.getbuffer()):
+                break
+    except Exception:  # noqa: BLE001  (a diagnostic only: whatever was found so far)
+        pass
+    return list(dict.fromkeys(found))
+
+
+def _unsafe_globals(path: str, message: str) -> list:
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    named = _blocked_global(message)
+    scanned = [g for g in pickle_globals(path)
+               if g not in allowed and not g.startswith(("torch.", "collections.OrderedDict"))]
+    return list(dict.fromkeys(([named] if named else []) + scanned))
+
+
 def load_checkpoint_safely(path):
     """Load a checkpoint with ``weights_only=True``; clear errors otherwise.
 
@@ -97,8 +146,8 @@ def load_checkpoint_safely(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        blocked = _blocked_global(str(err))
-        what = f"the global {blocked}" if blocked else "an object"
+        blocked = _unsafe_globals(path, str(err))
+        what = f"the global {', '.join(blocked[:3])}" if blocked else "an object of an unknown kind"
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains {what}, which is outside the safe allowlist "
             f"({', '.join(f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS)} and plain "
