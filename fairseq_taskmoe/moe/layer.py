@@ -52,7 +52,15 @@ class MoELayer(nn.Module):
         self.second_policy = second_policy
         # Sentence and task routing send a whole sentence/task to K experts: a
         # batch dominated by one task would overflow any fixed capacity.
-        self.dropless = dropless or routing != "token"
+        # Causal (decoder) layers are dropless too: a capacity queue over the batch
+        # (GShard's puts every first choice before every second choice) makes the
+        # drop of position t depend on later positions, which leaks the future in
+        # training. A position-major queue would be causal but would drop late
+        # positions systematically, and its capacity still counts future tokens;
+        # dropless is exactly causal, routes training like inference (eval is
+        # dropless by default), and sort-based dispatch costs only the real
+        # assignments, so no capacity buffer is padded.
+        self.dropless = dropless or routing != "token" or causal
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
         self.router = Router(routing, embed_dim, num_experts, num_tasks, causal, gate_fp32)
@@ -69,6 +77,9 @@ class MoELayer(nn.Module):
         probs = unit_probs[token_unit]  # (T, E)
         expert_idx, weights = unit_idx[token_unit], unit_w[token_unit]  # (T, K)
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        if self.training and not self.dropless and factor <= 0:
+            raise ValueError(f"--moe-capacity-factor must be > 0 in training, got {factor}; "
+                             "use --moe-dropless for token routing without a capacity limit")
         cap = None if self.dropless or factor <= 0 else capacity(
             probs.size(0), self.num_experts, self.top_k, factor)
         routing = apply_capacity(expert_idx, weights, self.num_experts, cap)

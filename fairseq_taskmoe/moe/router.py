@@ -15,6 +15,7 @@ token, so the top-k choice is made once per unit and shared by its tokens:
   every token of a task gets the same experts and weights.
 """
 
+import contextlib
 from typing import Dict, Optional
 
 import torch
@@ -78,7 +79,14 @@ class Router(nn.Module):
             unit_logits (S, E), token_unit (T,) long: the unit of each routed token
             in the order of ``x[mask]``.
         """
-        bsz, length, _ = x.shape
+        # --moe-gate-fp32: autocast (--amp) would cast F.linear(x.float(), w.float())
+        # back down to fp16/bf16, so the gate runs with autocast off.
+        fp32 = (torch.autocast(device_type=x.device.type, enabled=False)
+                if self.gate_fp32 else contextlib.nullcontext())
+        with fp32:
+            return self._route_units(x, mask, task_ids, incremental_state)
+
+    def _route_units(self, x, mask, task_ids, incremental_state):
         if self.routing == "task":
             if task_ids is None:
                 raise ValueError("task routing needs task_ids in net_input (use the "

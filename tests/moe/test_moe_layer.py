@@ -174,3 +174,57 @@ def test_cuda_bf16_matches_cpu_fp32():
     layer_gpu = layer.cuda().to(torch.bfloat16)
     y_gpu, _ = layer_gpu(x.cuda().to(torch.bfloat16), pad.cuda())
     torch.testing.assert_close(y_gpu.float().cpu(), y_cpu, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("policy", ["all", "random"])
+def test_causal_token_routing_with_training_capacity_is_causal(policy):
+    """Decoder (causal) token routing is dropless in training: position t never depends on > t."""
+    layer = make_layer(routing="token", causal=True, capacity_factor=0.5, second_policy=policy)
+    layer.train()
+    x, _ = batch(bsz=6, length=9, pad_last=False)
+    torch.manual_seed(5)
+    y, stats = layer(x, None)
+    assert stats.dropped.item() == 0
+    for t in (2, 5):
+        x2 = x.clone()
+        x2[t:] = torch.randn_like(x2[t:]) * 3
+        torch.manual_seed(5)  # the same random-policy draws
+        y2, _ = layer(x2, None)
+        torch.testing.assert_close(y2[:t], y[:t], atol=0, rtol=0)
+    # the same layer, non-causal (encoder), does drop at this capacity
+    enc = make_layer(routing="token", causal=False, capacity_factor=0.5, second_policy=policy)
+    enc.train()
+    assert enc(x, None)[1].dropped.item() > 0
+
+
+def test_capacity_factor_not_positive_is_an_error_in_training():
+    layer = make_layer(routing="token", capacity_factor=0.0)
+    x, pad = batch()
+    layer.train()
+    with pytest.raises(ValueError, match="--moe-capacity-factor must be > 0.*--moe-dropless"):
+        layer(x, pad)
+    layer.eval()
+    layer(x, pad)  # evaluation uses --moe-eval-capacity-factor
+    ok = make_layer(routing="token", capacity_factor=-1.0, dropless=True)
+    ok.train()
+    assert ok(x, pad)[1].dropped.item() == 0
+
+
+@pytest.mark.parametrize("routing,causal", [("token", False), ("sentence", False), ("sentence", True),
+                                            ("sentence-pooled", False), ("sentence-pooled", True)])
+def test_gate_fp32_under_cpu_autocast(routing, causal):
+    """--moe-gate-fp32 under autocast (--amp): the gate runs in fp32, as without autocast."""
+    layer = make_layer(routing=routing, causal=causal, gate_fp32=True)
+    x, pad = batch()
+    x_bld, mask = x.transpose(0, 1), ~pad
+    ref, _ = layer.router(x_bld, mask, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = layer.router(x_bld, mask, None)
+        r_amp, _ = layer.route(x_bld, mask, None)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, ref, atol=0, rtol=0)
+    assert torch.equal(r_amp.expert_idx, layer.route(x_bld, mask, None)[0].expert_idx)
+    # without the flag autocast does run the gate in bf16 (so the check above can fail)
+    low = make_layer(routing=routing, causal=causal, gate_fp32=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert low.router(x_bld, mask, None)[0].dtype == torch.bfloat16
