@@ -1,22 +1,32 @@
 """Score a checkpoint per language pair with fairseq-generate + sacrebleu.
 
-    python -m fairseq_taskmoe.evaluate CKPT --data data/loc8 --pairs en-de,de-en \
-        [--user-dir fairseq_taskmoe] [--task translation_multi_simple_epoch_taskmoe] --json out.json
+    fairseq-taskmoe-evaluate CKPT --data data/loc8 --pairs en-de,de-en [--json out.json]
+    python -m fairseq_taskmoe.evaluate CKPT --data data/loc8 --pairs en-de,de-en
 
-Runs the real ``fairseq-generate`` for each pair (beam 4 by default), takes the
-detokenized hypotheses (D- lines) and references (T- lines) and scores them
-with sacrebleu: BLEU (tokenizer ``zh`` for Chinese, ``char`` for Japanese,
-``13a`` otherwise) and chrF. Prints a table and writes JSON.
+Runs the real ``fairseq-generate`` for each pair (beam 4 by default, the
+plugin's ``--user-dir`` and task by default, ``--lang-pairs`` read from the
+checkpoint), takes the detokenized hypotheses (D- lines) and scores them with
+sacrebleu against the **raw reference text** ``raw/{subset}.en-xx.{lang}`` that
+``fairseq-taskmoe-prepare-data`` writes next to the binarized data, not against
+fairseq's T- lines (those are the reference after sentencepiece and the
+dictionary: ``<unk>`` and normalised punctuation; 79 of 441 zh_Hans test
+references differ). Metrics: BLEU (tokenizer ``zh`` for Chinese, ``char`` for
+Japanese, ``13a`` otherwise), chrF and chrF++, each with its sacrebleu
+signature, printed and written to JSON.
 
 fairseq-generate runs with ``--required-batch-size-multiple 1``: with the
 default (8), fairseq main drops the last batch of the split when its size is
 not a multiple of 8, i.e. up to 7 sentences per pair, for any task (the
 stock ``translation_multi_simple_epoch`` included). Every pair's output is
-checked against the number of sentences in the binarized split.
+checked against the number of sentences in the binarized split and in the raw
+reference file.
+
+:func:`paired_bootstrap` is sacrebleu's paired bootstrap resampling, for any
+"system A vs system B" claim (bench/quality.py uses it).
 """
 
 import argparse
-import json
+import errno
 import os
 import re
 import subprocess
@@ -24,7 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-import sacrebleu
+from sacrebleu.metrics import BLEU, CHRF
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+PLUGIN_TASK = "translation_multi_simple_epoch_taskmoe"
+REFERENCE_CHOICES = ("raw", "generate")
 
 
 def bleu_tokenizer(lang: str) -> str:
@@ -33,6 +47,18 @@ def bleu_tokenizer(lang: str) -> str:
     if lang.startswith("ja"):
         return "char"
     return "13a"
+
+
+def parse_pairs(text: str, flag: str = "--pairs"):
+    """["en-de", ...] from "en-de,de-en"; ValueError naming ``flag`` otherwise."""
+    pairs = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not pairs:
+        raise ValueError(f"{flag} {text!r} names no language pair; expected e.g. en-de,de-en")
+    for pair in pairs:
+        parts = pair.split("-")
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise ValueError(f"{flag}: {pair!r} is not a pair SRC-TGT of two languages (e.g. en-de)")
+    return pairs
 
 
 def parse_generate_output(text: str):
@@ -54,8 +80,40 @@ def parse_generate_output(text: str):
     return [hyps[i] for i in ids], [refs[i] for i in ids]
 
 
-def generate(ckpt, data, src, tgt, lang_pairs, user_dir=None, task="translation_multi_simple_epoch_taskmoe",
+def split_size(data, subset, src, tgt):
+    """Sentences in the binarized ``subset`` of ``src-tgt`` (either direction's files); None if absent."""
+    from fairseq.data import data_utils
+
+    from fairseq_taskmoe.data.binarize import pair_file
+
+    try:
+        prefix = pair_file(data, subset, src, tgt, src)
+    except FileNotFoundError:
+        return None
+    dataset = data_utils.load_indexed_dataset(str(prefix), None)  # infers the format
+    return None if dataset is None else len(dataset)
+
+
+def raw_reference_file(data, subset, src, tgt) -> Path:
+    """``raw/{subset}.{src}-{tgt}.{tgt}`` (or the reversed pair's file); FileNotFoundError if absent."""
+    candidates = [Path(data) / "raw" / f"{subset}.{a}-{b}.{tgt}" for a, b in ((src, tgt), (tgt, src))]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"no raw reference text for {subset} {src}-{tgt}: neither {candidates[0]} nor {candidates[1]} "
+        "exists (fairseq-taskmoe-prepare-data writes them); pass --references generate to score "
+        "against fairseq-generate's T- lines instead")
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def generate(ckpt, data, src, tgt, lang_pairs, user_dir=None, task=PLUGIN_TASK,
              beam=4, subset="test", max_tokens=8000, extra=()):
+    """(hypotheses, T- references, seconds) of one direction, checked to cover the whole split."""
     bin_dir = Path(sys.executable).parent
     cmd = [str(bin_dir / "fairseq-generate"), str(data), "--task", task, "--lang-pairs", lang_pairs,
            "--encoder-langtok", "src", "--decoder-langtok", "-s", src, "-t", tgt, "--path", str(ckpt),
@@ -77,73 +135,208 @@ def generate(ckpt, data, src, tgt, lang_pairs, user_dir=None, task="translation_
     return hyps, refs, time.time() - t0
 
 
-def split_size(data, subset, src, tgt):
-    """Sentences in the binarized ``subset`` of ``src-tgt`` (either direction's files); None if absent."""
-    from fairseq.data import data_utils
-
-    from fairseq_taskmoe.data.binarize import pair_file
-
-    try:
-        prefix = pair_file(data, subset, src, tgt, src)
-    except FileNotFoundError:
-        return None
-    dataset = data_utils.load_indexed_dataset(str(prefix), None)  # infers the format
-    return None if dataset is None else len(dataset)
-
-
 def score(hyps, refs, tgt):
-    bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize=bleu_tokenizer(tgt))
-    chrf = sacrebleu.corpus_chrf(hyps, [refs])
-    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "sentences": len(hyps),
-            "bleu_tokenizer": bleu_tokenizer(tgt)}
+    """BLEU, chrF, chrF++ of one direction, with the sacrebleu signature of each."""
+    metrics = {"bleu": BLEU(tokenize=bleu_tokenizer(tgt)), "chrf": CHRF(), "chrf++": CHRF(word_order=2)}
+    out, signatures = {}, {}
+    for name, metric in metrics.items():
+        out[name] = round(metric.corpus_score(hyps, [refs]).score, 2)
+        signatures[name] = str(metric.get_signature())
+    return {**out, "sentences": len(hyps), "bleu_tokenizer": bleu_tokenizer(tgt), "signatures": signatures}
 
 
-def evaluate(ckpt, data, pairs, lang_pairs=None, user_dir=None, task="translation_multi_simple_epoch_taskmoe",
-             beam=4, subset="test", extra=(), log=print):
-    lang_pairs = lang_pairs or ",".join(pairs)
-    results = {}
+def check_inputs(data, pairs, subset, references):
+    """Everything a pair needs, checked before minutes of decoding: {pair: (n, raw reference file)}."""
+    if not (Path(data) / "dict.txt").is_file() and not list(Path(data).glob("dict.*.txt")):
+        raise FileNotFoundError(f"--data {data}: not a binarized data dir (no dict.*.txt)")
+    found = {}
     for pair in pairs:
         src, tgt = pair.split("-")
-        hyps, refs, secs = generate(ckpt, data, src, tgt, lang_pairs, user_dir, task, beam, subset,
-                                    extra=extra)
-        results[pair] = {**score(hyps, refs, tgt), "seconds": round(secs, 1), "hypotheses": hyps}
-        log(f"{pair:>12}  BLEU {results[pair]['bleu']:6.2f}  chrF {results[pair]['chrf']:6.2f}  "
+        n = split_size(data, subset, src, tgt)
+        if n is None:
+            raise FileNotFoundError(f"--pairs {pair}: no binarized {subset} split for {src}-{tgt} in {data}")
+        ref_file = raw_reference_file(data, subset, src, tgt) if references == "raw" else None
+        if ref_file is not None:
+            n_ref = len(read_lines(ref_file))
+            if n_ref != n:
+                raise ValueError(f"{ref_file} has {n_ref} lines but the binarized {subset} {src}-{tgt} "
+                                 f"split has {n} sentences: the raw references do not belong to it")
+        found[pair] = (n, ref_file)
+    return found
+
+
+def evaluate(ckpt, data, pairs, lang_pairs=None, user_dir=PLUGIN_DIR, task=PLUGIN_TASK,
+             beam=4, subset="test", extra=(), log=print, references="raw"):
+    """{pair: scores + hypotheses}; ``references``: "raw" (raw/ text) or "generate" (T- lines)."""
+    if references not in REFERENCE_CHOICES:
+        raise ValueError(f"--references must be one of {', '.join(REFERENCE_CHOICES)}, got {references!r}")
+    lang_pairs = lang_pairs or ",".join(pairs)
+    inputs = check_inputs(data, pairs, subset, references)
+    results = {}
+    for i, pair in enumerate(pairs, 1):
+        src, tgt = pair.split("-")
+        n, ref_file = inputs[pair]
+        log(f"[{i}/{len(pairs)}] {pair}: translating {n} sentences ...")
+        hyps, t_refs, secs = generate(ckpt, data, src, tgt, lang_pairs, user_dir, task, beam, subset,
+                                      extra=extra)
+        refs = read_lines(ref_file) if ref_file else t_refs
+        if len(refs) != len(hyps):  # belt and braces: check_inputs compared the counts already
+            raise RuntimeError(f"{len(hyps)} hypotheses but {len(refs)} references for {pair}")
+        results[pair] = {**score(hyps, refs, tgt), "references": str(ref_file) if ref_file else "T- lines",
+                         "seconds": round(secs, 1), "hypotheses": hyps}
+        r = results[pair]
+        log(f"{pair:>12}  BLEU {r['bleu']:6.2f}  chrF {r['chrf']:6.2f}  chrF++ {r['chrf++']:6.2f}  "
             f"({len(hyps)} sentences, {secs:.0f}s)")
     return results
 
 
 def summary(results):
     n = len(results)
-    return {"avg_bleu": round(sum(r["bleu"] for r in results.values()) / n, 2),
-            "avg_chrf": round(sum(r["chrf"] for r in results.values()) / n, 2)}
+    return {f"avg_{m.replace('++', 'pp')}": round(sum(r[m] for r in results.values()) / n, 2)
+            for m in ("bleu", "chrf", "chrf++")}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="binarized data dir (with dict.*.txt)")
-    p.add_argument("--pairs", required=True, help="comma-separated pairs to score, e.g. en-de,de-en")
-    p.add_argument("--lang-pairs", default=None, help="the model's --lang-pairs (default: --pairs)")
-    p.add_argument("--user-dir", default=None)
-    p.add_argument("--task", default="translation_multi_simple_epoch_taskmoe")
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--subset", default="test")
-    p.add_argument("--json", default=None, help="write results here")
-    args = p.parse_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        p.error(f"checkpoint not found: {args.checkpoint}")
-    pairs = [x for x in args.pairs.split(",") if x]
-    results = evaluate(args.checkpoint, args.data, pairs, args.lang_pairs, args.user_dir, args.task,
-                       args.beam, args.subset)
-    out = {"checkpoint": args.checkpoint, "pairs": results, **summary(results)}
-    print(f"{'average':>12}  BLEU {out['avg_bleu']:6.2f}  chrF {out['avg_chrf']:6.2f}")
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, args.json)
+def signatures(results):
+    """The distinct signatures of ``results``, per metric (BLEU's differ by tokenizer)."""
+    out = {}
+    for r in results.values():
+        for metric, sig in r["signatures"].items():
+            out.setdefault(metric, [])
+            if sig not in out[metric]:
+                out[metric].append(sig)
     return out
 
 
+def paired_bootstrap(baseline, system, references, langs, names=("baseline", "system"), n_samples=1000):
+    """sacrebleu's paired bootstrap resampling of ``system`` against ``baseline``.
+
+    ``baseline``/``system``/``references``/``langs``: one entry per segment, so
+    concatenated test sets of several directions work: BLEU tokenizes every
+    segment with its target language's tokenizer first (``langs``), then scores
+    with ``tokenize="none"``; chrF needs no tokenizer. Returns, per metric, both
+    scores, the p-value (H0: same quality), the bootstrap mean and 95%
+    confidence half-width of each, and the signature.
+    """
+    from sacrebleu.significance import PairedTest
+
+    if not (len(baseline) == len(system) == len(references) == len(langs)) or not references:
+        raise ValueError(f"paired bootstrap needs equal, non-zero lengths; got {len(baseline)} / "
+                         f"{len(system)} hypotheses, {len(references)} references, {len(langs)} languages")
+    tokenizers = {lang: BLEU(tokenize=bleu_tokenizer(lang)).tokenizer for lang in set(langs)}
+
+    def tok(lines):
+        return [tokenizers[lang](line) for line, lang in zip(lines, langs)]
+
+    bleu_refs, bleu_sys = [tok(references)], [(names[0], tok(baseline)), (names[1], tok(system))]
+    out = {}
+    for metric, refs, systems in (("BLEU", bleu_refs, bleu_sys),
+                                  ("chrF", [list(references)], [(names[0], baseline), (names[1], system)])):
+        instance = BLEU(tokenize="none") if metric == "BLEU" else CHRF()
+        sigs, scores = PairedTest(systems, {metric: instance}, refs, test_type="bs", n_samples=n_samples)()
+        key = next(k for k in scores if k != "System")
+        base, other = scores[key]
+        p_value = other.p_value
+        # sacrebleu counts resampled differences strictly above the observed one: when every
+        # resample gives the same difference (identical outputs, or both scores stuck at 0) it
+        # returns 1/(n+1), i.e. "significant". No difference was observed: p = 1.
+        if list(baseline) == list(system) or (base.score == other.score and base.ci == other.ci == 0):
+            p_value = 1.0
+        out[metric] = {names[0]: round(base.score, 2), names[1]: round(other.score, 2),
+                       "p_value": p_value, f"{names[0]}_mean": round(float(base.mean), 2),
+                       f"{names[0]}_ci95": round(float(base.ci), 2), f"{names[1]}_mean": round(float(other.mean), 2),
+                       f"{names[1]}_ci95": round(float(other.ci), 2),
+                       "signature": str(sigs[key]) + ("|tok-per-segment:" + ",".join(
+                           sorted({f"{l}={bleu_tokenizer(l)}" for l in set(langs)})) if metric == "BLEU" else ""),
+                       "segments": len(references)}
+    return out
+
+
+def checkpoint_lang_pairs(path):
+    """The ``--lang-pairs`` a checkpoint was trained with (its task args), or None if it has none."""
+    from fairseq_taskmoe.checkpoints import lang_pairs, load_source, task_args
+
+    state = load_source(path)
+    task = task_args(state)
+    if task is None:  # a --format stock extract keeps its task args as a plain dict
+        cfg = state.get("cfg") if isinstance(state, dict) else None
+        group = cfg.get("task") if isinstance(cfg, dict) else None
+        task = argparse.Namespace(**group) if isinstance(group, dict) else None
+    if task is None:
+        return None
+    return ",".join(lang_pairs(task)) or None
+
+
+def writable_target(path, flag="--json"):
+    """Fail now, not after minutes of scoring, if ``path`` cannot be written (the OSError names
+    ``flag`` and the path; missing parent directories are created when the file is written)."""
+    from fairseq_taskmoe.checkpoints import check_writable
+
+    if Path(path).is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory (give a file name)", f"{flag} {path}")
+    try:
+        check_writable(path)
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, f"{flag} {path}") from err
+
+
+def get_parser():
+    p = argparse.ArgumentParser(prog="fairseq-taskmoe-evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="binarized data dir (dict.*.txt, raw/ references)")
+    p.add_argument("--pairs", required=True, help="comma-separated pairs to score, e.g. en-de,de-en")
+    p.add_argument("--lang-pairs", default=None,
+                   help="the model's --lang-pairs (default: read from the checkpoint)")
+    p.add_argument("--user-dir", default=str(PLUGIN_DIR), help="default: the installed fairseq_taskmoe")
+    p.add_argument("--task", default=PLUGIN_TASK)
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--subset", default="test")
+    p.add_argument("--references", default="raw", choices=REFERENCE_CHOICES,
+                   help="raw: the data dir's raw/ text (standard); generate: fairseq's T- lines")
+    p.add_argument("--json", default=None, help="write results here")
+    return p
+
+
+def main(argv=None):
+    from fairseq_taskmoe.checkpoints import atomic_write_json
+
+    args = get_parser().parse_args(argv)
+    pairs = parse_pairs(args.pairs)
+    if args.lang_pairs is not None:
+        parse_pairs(args.lang_pairs, "--lang-pairs")
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    if args.beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    if args.json:
+        writable_target(args.json)
+    lang_pairs = args.lang_pairs or checkpoint_lang_pairs(args.checkpoint)
+    if lang_pairs is None:
+        raise ValueError(f"{args.checkpoint} records no --lang-pairs; pass the model's --lang-pairs")
+    print(f"scoring {len(pairs)} direction(s) of {args.checkpoint} (model --lang-pairs {lang_pairs})",
+          flush=True)
+    try:
+        results = evaluate(args.checkpoint, args.data, pairs, lang_pairs, args.user_dir, args.task, args.beam,
+                           args.subset, log=lambda s: print(s, flush=True), references=args.references)
+    except RuntimeError as err:  # fairseq-generate failed or fell short: its last words, one line
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise ValueError(lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")) from err
+    out = {"checkpoint": args.checkpoint, "lang_pairs": lang_pairs, "references": args.references,
+           "signatures": signatures(results), "pairs": results, **summary(results)}
+    print(f"{'average':>12}  BLEU {out['avg_bleu']:6.2f}  chrF {out['avg_chrf']:6.2f}  "
+          f"chrF++ {out['avg_chrfpp']:6.2f}")
+    for metric, sigs in out["signatures"].items():
+        for sig in sigs:
+            print(f"{metric} signature: {sig}")
+    if args.json:
+        atomic_write_json(args.json, out, ensure_ascii=False)
+    return out
+
+
+def cli_main():
+    from fairseq_taskmoe.checkpoints import console_main
+
+    console_main("fairseq-taskmoe-evaluate", main)
+
+
 if __name__ == "__main__":
-    main()
+    cli_main()
