@@ -1,49 +1,113 @@
 #!/usr/bin/env bash
-# `make demo`: build the localization corpus, train a small task-MoE model
-# (token-routed encoder, task-routed decoder) on all 16 directions, score every
-# direction, extract the en-de sub-network and decode it again.
+# `make demo`: build the localization corpus, train a small task-MoE model on all 16
+# directions (both sides task-routed by target language, so every extract is exact and the
+# model exports to CTranslate2), score every direction on a sample of its test split,
+# extract the en-de sub-network and check it decodes the same sample identically.
+# About 10 minutes on 2 idle cores with the defaults; the full-size run of earlier versions:
+#   make demo MAX_UPDATE=800 EVAL_N=0 OUT=demo-full
 # Re-running is cheap: every step skips work whose output already exists
 # (fairseq-train resumes from checkpoint_last.pt and stops at MAX_UPDATE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA=${DATA:-data/loc8}
+DOCS=${DOCS:-0}                   # 1: corpus with sentences from desktop help (needs apt; docs/DATA.md)
+if [ "$DOCS" = 1 ]; then DATA=${DATA:-data/loc8s}; else DATA=${DATA:-data/loc8}; fi
 OUT=${OUT:-demo}
-MAX_UPDATE=${MAX_UPDATE:-800}
+MAX_UPDATE=${MAX_UPDATE:-750}
+MAX_TOKENS=${MAX_TOKENS:-2000}    # small batches: more updates in the same time learn faster here
+LR=${LR:-3e-3}                    # peak; linear warmup, then linear decay to 0 at MAX_UPDATE
+WARMUP=${WARMUP:-75}
+ENC_ROUTING=${ENC_ROUTING:-task}  # task or none keep the model extractable and CTranslate2-exportable
+DEC_ROUTING=${DEC_ROUTING:-task}
+EVAL_N=${EVAL_N:-100}             # test sentences scored per direction; 0 = the whole test split
+BEAM=${BEAM:-4}
 EXTRACT_PAIR=${EXTRACT_PAIR:-en-de}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
+STAGES=()
+stage_start() { STAGE_NAME=$1; STAGE_T0=$(date +%s.%N); }
+stage_end() { STAGES+=("$STAGE_NAME $(awk -v a="$STAGE_T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.0f", b-a}')"); }
+DEMO_T0=$(date +%s.%N)
+
+stage_start corpus
 if [ ! -f "$DATA/DATA_CARD.md" ]; then
   echo "== building the corpus into $DATA"
-  fairseq-taskmoe-prepare-data --out "$DATA"
+  if [ "$DOCS" = 1 ]; then fairseq-taskmoe-prepare-data --out "$DATA" --docs; else fairseq-taskmoe-prepare-data --out "$DATA"; fi
 fi
+stage_end
 PAIRS=$(cat "$DATA/lang_pairs.txt")
 TASK_FLAGS=(--user-dir fairseq_taskmoe --task translation_multi_simple_epoch_taskmoe
             --lang-pairs "$PAIRS" --encoder-langtok src --decoder-langtok)
 mkdir -p "$OUT"
 
-echo "== training transformer_taskmoe_tiny-based model for $MAX_UPDATE updates (log: $OUT/train.log)"
+stage_start train
+echo "== training a small task-MoE ($ENC_ROUTING encoder, $DEC_ROUTING decoder) for $MAX_UPDATE updates (log: $OUT/train.log)"
 fairseq-train "$DATA" "${TASK_FLAGS[@]}" \
   --arch transformer_taskmoe_tiny --encoder-embed-dim 128 --decoder-embed-dim 128 \
   --encoder-ffn-embed-dim 256 --decoder-ffn-embed-dim 256 --encoder-layers 3 --decoder-layers 3 \
-  --share-all-embeddings --moe-expert-count 8 --moe-encoder-routing token --moe-decoder-routing task \
+  --encoder-normalize-before --decoder-normalize-before --share-all-embeddings --moe-expert-count 8 \
+  --moe-encoder-routing "$ENC_ROUTING" --moe-decoder-routing "$DEC_ROUTING" --moe-task-by target_lang \
   --criterion label_smoothed_cross_entropy_moe --label-smoothing 0.1 --moe-aux-loss-weight 0.01 \
-  --optimizer adam --adam-betas '(0.9,0.98)' --lr 3e-3 --lr-scheduler inverse_sqrt --warmup-updates 300 \
-  --dropout 0.1 --max-tokens 6000 --max-update "$MAX_UPDATE" --clip-norm 1.0 \
+  --optimizer adam --adam-betas '(0.9,0.98)' --lr "$LR" \
+  --lr-scheduler polynomial_decay --warmup-updates "$WARMUP" --total-num-update "$MAX_UPDATE" --end-learning-rate 0 \
+  --dropout 0 --max-tokens "$MAX_TOKENS" --max-update "$MAX_UPDATE" --clip-norm 1.0 \
   --sampling-method temperature --sampling-temperature 1.5 \
-  --save-dir "$OUT/ckpt" --no-epoch-checkpoints --save-interval-updates 400 --keep-interval-updates 1 \
-  --validate-interval-updates 400 --num-workers 0 --log-format simple --log-interval 50 \
+  --save-dir "$OUT/ckpt" --no-epoch-checkpoints --save-interval-updates "$MAX_UPDATE" --keep-interval-updates 1 \
+  --validate-interval-updates "$MAX_UPDATE" --num-workers 0 --log-format simple --log-interval 100 \
   --seed 1 >"$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 1; }
 grep -E "\| valid \|" "$OUT/train.log" | tail -1
+stage_end
 
 CKPT="$OUT/ckpt/checkpoint_last.pt"
-echo "== scoring all directions (beam 4, sacrebleu on detokenized text)"
-python -m fairseq_taskmoe.evaluate "$CKPT" --data "$DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
-  --json "$OUT/scores_full.json"
+stage_start score
+EVAL_DATA=$DATA
+SUBSET=test
+if [ "$EVAL_N" -gt 0 ]; then
+  # A view of the corpus (links) plus the first EVAL_N sentences of each test split; the
+  # splits are in hash order, so that is a random sample, the same for every run.
+  EVAL_DATA="$OUT/data-sample"
+  SUBSET="test_sample$EVAL_N"
+  python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$EVAL_DATA" --split test --n "$EVAL_N" 2>/dev/null
+fi
+echo "== scoring all directions on $SUBSET (beam $BEAM, sacrebleu on detokenized text)"
+python -m fairseq_taskmoe.evaluate "$CKPT" --data "$EVAL_DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
+  --subset "$SUBSET" --beam "$BEAM" --json "$OUT/scores_full.json"
+stage_end
 
+stage_start extract
 echo "== extracting the $EXTRACT_PAIR sub-network"
-fairseq-taskmoe-extract "$CKPT" --tasks "$EXTRACT_PAIR" --out "$OUT/extract-$EXTRACT_PAIR" --force
-python -m fairseq_taskmoe.evaluate "$OUT/extract-$EXTRACT_PAIR/checkpoint.pt" --data "$DATA" \
+fairseq-taskmoe-extract "$CKPT" --tasks "$EXTRACT_PAIR" --data "$DATA" --out "$OUT/extract-$EXTRACT_PAIR" --force
+stage_end
+
+stage_start decode
+python -m fairseq_taskmoe.evaluate "$OUT/extract-$EXTRACT_PAIR/checkpoint.pt" --data "$EVAL_DATA" \
   --pairs "$EXTRACT_PAIR" --lang-pairs "$PAIRS" --user-dir fairseq_taskmoe \
-  --json "$OUT/scores_extracted.json"
-python examples/demo_summary.py "$OUT" "$EXTRACT_PAIR"
+  --subset "$SUBSET" --beam "$BEAM" --json "$OUT/scores_extracted.json"
+stage_end
+
+if [ -f "$DATA/test_doc.en-de.en.idx" ]; then
+  # A corpus built with --docs: score documentation sentences too (kept apart from UI strings).
+  stage_start score_doc
+  DOC_DATA=$DATA
+  DOC_SUBSET=test_doc
+  if [ "$EVAL_N" -gt 0 ]; then
+    DOC_DATA="$OUT/data-sample-doc"
+    DOC_SUBSET="test_doc_sample$EVAL_N"
+    python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$DOC_DATA" --split test_doc --n "$EVAL_N" 2>/dev/null
+  fi
+  echo "== scoring all directions on documentation sentences ($DOC_SUBSET)"
+  python -m fairseq_taskmoe.evaluate "$CKPT" --data "$DOC_DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
+    --subset "$DOC_SUBSET" --beam "$BEAM" --json "$OUT/scores_full_doc.json"
+  stage_end
+fi
+python examples/demo_summary.py "$OUT" "$EXTRACT_PAIR" "$SUBSET"
+
+echo
+echo "== elapsed time per stage (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
+for s in "${STAGES[@]}"; do printf '%-10s %6s s\n' ${s}; done
+printf '%-10s %6s s\n' total "$(awk -v a="$DEMO_T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.0f", b-a}')"
+
+# Serving: CTranslate2 export and translation of the same model (examples/demo_serve.py, when present).
+if [ -f examples/demo_serve.py ]; then
+python examples/demo_serve.py --checkpoint "$OUT/ckpt/checkpoint_last.pt" --data "$DATA" --pair "$EXTRACT_PAIR" --out "$OUT"
+fi

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 out, pair = Path(sys.argv[1]), sys.argv[2]
+subset = sys.argv[3] if len(sys.argv) > 3 else "test"
 full = json.loads((out / "scores_full.json").read_text())
 ext = json.loads((out / "scores_extracted.json").read_text())
 card = json.loads((out / f"extract-{pair}" / "extract.json").read_text())
@@ -18,7 +19,13 @@ print(f"{'extracted ' + pair:<22}{e['bleu']:>8.2f}{e['chrf']:>8.2f}"
 print(f"\nidentical hypotheses, line by line: {same}")
 print(f"size: {card['params_after']['total'] / card['params_before']['total']:.1%} of the full model; "
       f"decoder experts kept: {card['decoder_experts_kept_fraction']:.1%}")
-print(f"average over all {len(full['pairs'])} directions (full model): BLEU {full['avg_bleu']:.2f}, "
-      f"chrF {full['avg_chrf']:.2f}")
+n_sent = sum(len(p["hypotheses"]) for p in full["pairs"].values())
+print(f"average over all {len(full['pairs'])} directions on {subset} ({n_sent} sentences, full model): "
+      f"BLEU {full['avg_bleu']:.2f}, chrF {full['avg_chrf']:.2f}")
+doc = out / "scores_full_doc.json"
+if doc.exists():
+    d = json.loads(doc.read_text())
+    n_doc = sum(len(p["hypotheses"]) for p in d["pairs"].values())
+    print(f"documentation sentences ({n_doc}, full model): BLEU {d['avg_bleu']:.2f}, chrF {d['avg_chrf']:.2f}")
 if not same:
     sys.exit("extracted model's output differs from the full model's")
