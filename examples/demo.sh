@@ -67,7 +67,8 @@ if [ "$EVAL_N" -gt 0 ]; then
   # splits are in hash order, so that is a random sample, the same for every run.
   EVAL_DATA="$OUT/data-sample"
   SUBSET="test_sample$EVAL_N"
-  python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$EVAL_DATA" --split test --n "$EVAL_N" 2>/dev/null
+  python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$EVAL_DATA" --split test --n "$EVAL_N" \
+    2>"$OUT/sample.log" || { cat "$OUT/sample.log"; exit 1; }
 fi
 echo "== scoring all directions on $SUBSET (beam $BEAM, sacrebleu on detokenized text)"
 python -m fairseq_taskmoe.evaluate "$CKPT" --data "$EVAL_DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
@@ -93,7 +94,8 @@ if [ -f "$DATA/test_doc.en-de.en.idx" ]; then
   if [ "$EVAL_N" -gt 0 ]; then
     DOC_DATA="$OUT/data-sample-doc"
     DOC_SUBSET="test_doc_sample$EVAL_N"
-    python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$DOC_DATA" --split test_doc --n "$EVAL_N" 2>/dev/null
+    python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$DOC_DATA" --split test_doc --n "$EVAL_N" \
+      2>"$OUT/sample.log" || { cat "$OUT/sample.log"; exit 1; }
   fi
   echo "== scoring all directions on documentation sentences ($DOC_SUBSET)"
   python -m fairseq_taskmoe.evaluate "$CKPT" --data "$DOC_DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
