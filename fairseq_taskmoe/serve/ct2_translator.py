@@ -35,6 +35,7 @@ def _vocabulary(path: str) -> set:
 
 class CTranslate2Translator:
     engine = "ctranslate2"
+    last_target_tokens = 0
 
     def __init__(self, path: str, device: str = "cpu", threads: int = 0, compute_type: str = "default",
                  spm_model: Optional[str] = None):
@@ -76,8 +77,13 @@ class CTranslate2Translator:
         return enc_tok, dec_tok
 
     def translate(self, sentences, src: str, tgt: str, beam: int = 4, lenpen: float = 1.0,
-                  batch_size: int = 32, max_len_b: int = 200, fairseq_ranking: bool = True) -> List[str]:
-        """Translations of ``sentences`` (raw text with sentencepiece, else tokens), in order."""
+                  batch_size: int = 32, max_len_b: int = 200, min_len: int = 1,
+                  fairseq_ranking: bool = True) -> List[str]:
+        """Translations of ``sentences`` (raw text with sentencepiece, else tokens), in order.
+
+        ``max_len_b`` / ``min_len`` bound the target length as fairseq's flags do (the forced
+        language token included); ``self.last_target_tokens`` as in ``FairseqTranslator``.
+        """
         sentences = check_sentences(sentences)
         if not sentences:
             return []
@@ -87,12 +93,13 @@ class CTranslate2Translator:
         rerank = fairseq_ranking and dec_tok is not None and beam > 1 and lenpen != 0
         results = self.translator.translate_batch(
             source, target_prefix=prefix, beam_size=beam, length_penalty=lenpen,
-            max_batch_size=batch_size, max_decoding_length=max_len_b,
+            max_batch_size=batch_size, max_decoding_length=max_len_b, min_decoding_length=min_len,
             num_hypotheses=beam if rerank else 1, return_scores=rerank)
         if rerank:
             # log p(__tgt__ | source): the term CTranslate2 leaves out of the sum.
             first = self.translator.score_batch(source, [[dec_tok]] * len(source), max_batch_size=batch_size)
         out = []
+        self.last_target_tokens = 0
         for i, res in enumerate(results):
             best = res.hypotheses[0]
             if rerank:
@@ -100,6 +107,7 @@ class CTranslate2Translator:
                     norm = (len(res.hypotheses[k]) + 1) ** lenpen  # + </s>
                     return (res.scores[k] * norm + first[i].log_probs[0]) / norm
                 best = res.hypotheses[max(range(len(res.hypotheses)), key=fairseq_score)]
+            self.last_target_tokens += len(best) + 1  # + </s>
             words = [w for w in best if w != EOS and w != dec_tok]  # what fairseq strips
             out.append(self.pieces.decode(" ".join(words)))
         return out

@@ -41,6 +41,8 @@ def from_pretrained(path: str, data: Optional[str] = None, checkpoint_file: Opti
         compute_type: CTranslate2 compute type ("default": the export's quantization).
     """
     path = os.fspath(path)
+    data = os.fspath(data) if data is not None else None
+    spm_model = os.fspath(spm_model) if spm_model is not None else None
     if engine_of(path) == "ctranslate2":
         from fairseq_taskmoe.serve.ct2_translator import CTranslate2Translator
 

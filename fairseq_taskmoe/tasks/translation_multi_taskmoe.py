@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from fairseq.data.multilingual.multilingual_data_manager import MultilingualDatasetManager
 from fairseq.data.multilingual.sampled_multi_dataset import CollateFormat, SampledMultiDataset
-from fairseq.tasks import register_task
+from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
 from fairseq_taskmoe.config import TASK_BY_CHOICES
@@ -143,6 +143,16 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
     def valid_step(self, sample, model, criterion):
         self.add_task_ids(sample)
         return super().valid_step(sample, model, criterion)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        """fairseq's own signature: the hub passes ``prefix_allowed_tokens_fn``, which the parent drops."""
+        if not getattr(args, "keep_inference_langtok", False):
+            # As the parent: the forced target-language token is not part of the output.
+            _, tgt_spec = self.args.langtoks["main"]
+            if tgt_spec:
+                tok = self.data_manager.get_decoder_langtok(self.args.target_lang, tgt_spec)
+                extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, symbols_to_strip_from_output={tok})
+        return FairseqTask.build_generator(self, models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         self.add_task_ids(sample)
