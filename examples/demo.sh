@@ -4,7 +4,7 @@
 # model exports to CTranslate2), score every direction on a sample of its test split,
 # extract the en-de sub-network and check it decodes the same sample identically.
 # About 10 minutes on 2 idle cores with the defaults; the full-size run of earlier versions:
-#   make demo MAX_UPDATE=800 EVAL_N=0 OUT=demo-full
+#   make demo MAX_UPDATE=2400 EVAL_N=0 OUT=demo-full   (the 4.8M training tokens of the old 800-update run)
 # Re-running is cheap: every step skips work whose output already exists
 # (fairseq-train resumes from checkpoint_last.pt and stops at MAX_UPDATE).
 set -euo pipefail
@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 DOCS=${DOCS:-0}                   # 1: corpus with sentences from desktop help (needs apt; docs/DATA.md)
 if [ "$DOCS" = 1 ]; then DATA=${DATA:-data/loc8s}; else DATA=${DATA:-data/loc8}; fi
 OUT=${OUT:-demo}
-MAX_UPDATE=${MAX_UPDATE:-750}
+MAX_UPDATE=${MAX_UPDATE:-600}
 MAX_TOKENS=${MAX_TOKENS:-2000}    # small batches: more updates in the same time learn faster here
 LR=${LR:-3e-3}                    # peak; linear warmup, then linear decay to 0 at MAX_UPDATE
-WARMUP=${WARMUP:-75}
+WARMUP=${WARMUP:-60}
 ENC_ROUTING=${ENC_ROUTING:-task}  # task or none keep the model extractable and CTranslate2-exportable
 DEC_ROUTING=${DEC_ROUTING:-task}
 EVAL_N=${EVAL_N:-100}             # test sentences scored per direction; 0 = the whole test split
