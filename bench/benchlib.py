@@ -4,7 +4,6 @@ saving them as training would, and writing tables / JSON.
 Every bench script prints a table and writes JSON; none is a test.
 """
 
-import json
 import math
 import os
 import platform
@@ -18,6 +17,7 @@ import torch
 
 # fairseq's option parsing turns on root DEBUG logging; keep matplotlib's font search quiet.
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
+logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # its paired test logs every step at INFO
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "fairseq_taskmoe"
@@ -103,25 +103,24 @@ def finite(x) -> bool:
 
 
 def write_json(obj, path):
-    """Atomic JSON write (a crashed run leaves the previous file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
-    return path
+    """Atomic JSON write (a crashed run leaves the previous file), through the package's one helper."""
+    from fairseq_taskmoe.checkpoints import atomic_write_json
+
+    atomic_write_json(path, obj, indent=1, ensure_ascii=False, default=str)
+    return Path(path)
 
 
 def table(rows, columns) -> str:
-    """A markdown table of dict rows (numbers to 3 significant figures)."""
+    """A markdown table of dict rows (numbers to 3 significant figures, thousands separated)."""
+    from tabulate import tabulate
+
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-        return str(v)
+        return "" if v is None else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    body = [[fmt(r.get(c)) for c in columns] for r in rows]
+    return tabulate(body, headers=list(columns), tablefmt="github", disable_numparse=True)
 
 
 def timed(fn, min_repeats=1, min_seconds=0.0):
@@ -135,3 +134,71 @@ def timed(fn, min_repeats=1, min_seconds=0.0):
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+# --- toy corpus for the --smoke paths (CI); independent of tests/ -----------------------------------
+
+TOY_WORDS = "the a cat dog house tree runs big small red blue green eats sees old new".split()
+TOY_SUFFIX = {"de": "en", "fr": "eau", "es": "o"}
+
+
+def toy_corpus(root, langs=("de",), n_train=240, n_eval=13, seed=0):
+    """A binarized en<->X toy corpus in the layout ``fairseq-taskmoe-prepare-data`` writes.
+
+    A toy "language" appends a suffix to every English word. The binarized
+    text is sentencepiece-style pieces (one ``▁word`` piece per word), so
+    ``fairseq-generate --remove-bpe sentencepiece`` restores the words, and
+    ``raw/{valid,test}.en-X.*`` hold the plain text references. ``n_eval`` is
+    not a multiple of 8 on purpose (fairseq main drops such a last batch
+    unless the task prevents it). Skipped when ``root/bin/lang_pairs.txt`` exists.
+    """
+    import random
+
+    root = Path(root)
+    dest = root / "bin"
+    if (dest / "lang_pairs.txt").is_file():
+        return dest
+    rng = random.Random(seed)
+    pieces, raw = root / "pieces", dest / "raw"
+    for d in (pieces, raw):
+        d.mkdir(parents=True, exist_ok=True)
+    for lang in langs:
+        for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
+            sides = {"en": [], lang: []}
+            for _ in range(n):
+                words = [rng.choice(TOY_WORDS) for _ in range(rng.randint(3, 7))]
+                sides["en"].append(words)
+                sides[lang].append([w + TOY_SUFFIX[lang] for w in words])
+            for side, sentences in sides.items():
+                name = f"{split}.en-{lang}.{side}"
+                (pieces / name).write_text("".join(" ".join("\u2581" + w for w in s) + "\n" for s in sentences))
+                if split != "train":
+                    (raw / name).write_text("".join(" ".join(s) + "\n" for s in sentences))
+    _toy_binarize(pieces, dest, langs)
+    (dest / "lang_pairs.txt").write_text(",".join(f"en-{l},{l}-en" for l in langs) + "\n")
+    return dest
+
+
+def _toy_binarize(pieces, dest, langs):
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    joint = pieces / "joint.txt"
+    joint.write_text("".join((pieces / f"train.en-{l}.{side}").read_text() for l in langs for side in ("en", l)))
+    preprocess.main(options.get_preprocessing_parser().parse_args([
+        "--only-source", "--trainpref", str(joint), "--destdir", str(pieces / "dict"), "--workers", "1"]))
+    for lang in langs:
+        preprocess.main(options.get_preprocessing_parser().parse_args([
+            "--source-lang", "en", "--target-lang", lang, "--trainpref", str(pieces / f"train.en-{lang}"),
+            "--validpref", str(pieces / f"valid.en-{lang}"), "--testpref", str(pieces / f"test.en-{lang}"),
+            "--destdir", str(dest), "--srcdict", str(pieces / "dict" / "dict.txt"),
+            "--tgtdict", str(pieces / "dict" / "dict.txt"), "--workers", "1"]))
+
+
+def mean_sd(values):
+    """(mean, sample standard deviation; 0.0 for a single value) of a non-empty list."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))

@@ -1,27 +1,40 @@
-"""Translation quality at equal training budgets: dense, token-MoE, task-MoE,
-a dense student distilled from the token-MoE, and the extracted task-MoE.
+"""Translation quality at equal training budgets: dense, token-MoE, task-MoE (two
+routings), a dense student distilled from the token-MoE, and the extracted task-MoE.
 
-Recipe (every step is skipped when its output exists, so a killed run resumes;
-``--jobs 2`` runs independent trainings / evaluations side by side):
+Models (the same --max-update, --max-tokens, optimizer and schedule for all):
 
-1. Train with the same ``--max-update`` and ``--max-tokens`` (fairseq-train):
-   dense (``--moe-freq 0``), token-MoE (token/token), task-MoE (token encoder,
-   task decoder by target language).
-2. Distil: the token-MoE's beam output on training sources (``--distill-sentences``
-   per direction) becomes the student's targets (bench/distill.py), binarized
-   with the same dictionary; train a dense student at the same budget.
-3. Extract the task-MoE per target language (``fairseq-taskmoe-extract
-   --target-langs X``, plugin format) and decode each pair with its extract.
-4. Score every model per pair on the test split (fairseq-generate beam 4,
-   detokenized with ``--remove-bpe sentencepiece``; sacrebleu BLEU and chrF via
-   ``fairseq_taskmoe.evaluate``), check the extract's hypotheses equal the full
-   task-MoE's, print a table and write JSON.
+- ``dense-active``: dense, FFN k*F in the layers where the MoE models have
+  experts, F elsewhere: the active size of a top-k MoE, which is exactly the
+  task-MoE decoder's extract (the token-routed encoder's extract keeps all E
+  experts, of which a token uses k).
+- ``token-moe``: token-routed encoder and decoder.
+- ``task-moe``: token-routed encoder, decoder routed by target language (the paper's best).
+- ``task-moe-both``: encoder and decoder routed by target language (fully extractable).
+- ``student``: ``dense-active`` trained on the token-MoE's (first seed) beam output on a
+  seeded uniform sample of ``--distill-sentences`` training pairs per direction
+  (sequence-level distillation, bench/distill.py).
+- ``task-moe-extracted``: each target language's sub-network of the task-MoE (first seed),
+  ``fairseq-taskmoe-extract --target-langs X``; its hypotheses must equal the full model's.
 
-    python bench/quality.py --data data/loc8 --langs de,fr,ja --max-update 600 --out runs/quality
-    python bench/quality.py --smoke --out /tmp/q   # toy corpus, < 2 min (CI)
+``--seeds`` (default 1,2) trains dense-active, token-MoE and task-MoE once per
+seed; the others use the first seed. Scoring: fairseq_taskmoe.evaluate (beam 4,
+raw reference text, BLEU / chrF / chrF++ with signatures) per direction and
+``--subsets``; the table gives mean and spread (sample sd) over seeds, per
+direction and averaged over directions; paired bootstrap resampling (sacrebleu,
+1000 resamples) on the concatenation of all directions' test sets compares
+task-MoE with token-MoE (and the pairs in COMPARISONS) seed by seed.
+
+Every step is skipped when its output exists (training: ``DONE`` marker, and
+fairseq-train resumes from checkpoint_last.pt saved every --save-interval-updates;
+scores: one JSON per run, subset and direction), so a killed run resumes where it
+stopped: re-run the same command.
+
+    python bench/quality.py --out bench/out/quality_d128 --json bench/results/quality_d128.json
+    python bench/quality.py --smoke --out /tmp/q   # toy corpus, ~2 min on 2 cores (CI)
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -35,8 +48,14 @@ import distill  # noqa: E402
 
 PY = sys.executable
 TEACHER = "token-moe"
-ROUTING = {"dense": None, "token-moe": ("token", "token"), "task-moe": ("token", "task"), "student": None}
-FIRST_ROUND = ("dense", "token-moe", "task-moe")
+# model -> (encoder routing, decoder routing); None: dense-active (FFN k*F at the MoE positions)
+ROUTING = {"dense-active": None, "token-moe": ("token", "token"), "task-moe": ("token", "task"),
+           "task-moe-both": ("task", "task"), "student": None}
+SEEDED = ("dense-active", "token-moe", "task-moe")  # trained once per --seeds entry
+FIRST_SEED_ONLY = ("task-moe-both",)
+# (baseline, system) pairs compared by paired bootstrap, seed by seed where both have the seed
+COMPARISONS = [("token-moe", "task-moe"), ("token-moe", "task-moe-both"), ("dense-active", "task-moe"),
+               ("dense-active", "student")]
 
 
 def env_for(threads):
@@ -47,63 +66,87 @@ def env_for(threads):
     return env
 
 
-def train(args, name, data, lang_pairs, log):
-    save = Path(args.out) / name
+def moe_positions(args):
+    return [str(i) for i in range(args.layers) if args.moe_freq and (i + 1) % args.moe_freq == 0]
+
+
+def model_flags(args, model):
+    flags = ["--arch", "transformer_taskmoe_tiny", "--share-all-embeddings",
+             "--encoder-embed-dim", args.embed_dim, "--decoder-embed-dim", args.embed_dim,
+             "--encoder-ffn-embed-dim", args.ffn_dim, "--decoder-ffn-embed-dim", args.ffn_dim,
+             "--encoder-layers", args.layers, "--decoder-layers", args.layers,
+             "--encoder-attention-heads", args.heads, "--decoder-attention-heads", args.heads,
+             "--moe-expert-count", args.experts, "--moe-top-k", args.top_k, "--moe-freq", args.moe_freq]
+    routing = ROUTING[model]
+    if routing is None:  # dense-active: fused dense FFNs of width k*F where the experts would be
+        wide = {p: {"ffn_dim": args.top_k * args.ffn_dim} for p in moe_positions(args)}
+        return flags + ["--moe-encoder-routing", "task", "--moe-decoder-routing", "task",
+                        "--moe-layout", json.dumps({"encoder": wide, "decoder": wide})]
+    return flags + ["--moe-encoder-routing", routing[0], "--moe-decoder-routing", routing[1]]
+
+
+def train(args, run, model, seed, data, lang_pairs, log):
+    save = Path(args.out) / "runs" / run
     ckpt = save / "checkpoint_last.pt"
     if (save / "DONE").is_file():
-        log(f"train {name}: done, skipped")
+        log(f"train {run}: done, skipped")
         return ckpt
     cmd = [str(Path(PY).parent / "fairseq-train"), *benchlib.task_flags(data, lang_pairs),
-           "--arch", args.arch, "--moe-expert-count", str(args.experts),
+           *map(str, model_flags(args, model)),
            "--criterion", "label_smoothed_cross_entropy_moe", "--label-smoothing", "0.1",
+           "--moe-aux-loss-weight", str(args.aux_loss_weight),
            "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(args.lr),
            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(args.warmup), "--dropout", "0.1",
+           "--clip-norm", str(args.clip_norm),
            "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update),
            "--sampling-method", "temperature", "--sampling-temperature", "1.5",
            "--save-dir", str(save), "--disable-validation", "--no-epoch-checkpoints",
+           "--save-interval-updates", str(args.save_interval_updates), "--keep-interval-updates", "1",
            "--log-format", "simple", "--log-interval", "50", "--no-progress-bar",
-           "--num-workers", "0", "--seed", "1"]
-    routing = ROUTING.get(name)
-    cmd += (["--moe-freq", "0"] if routing is None else
-            ["--moe-encoder-routing", routing[0], "--moe-decoder-routing", routing[1]])
+           "--num-workers", "0", "--seed", str(seed)]
     t0 = time.time()
     save.mkdir(parents=True, exist_ok=True)
-    with open(save / "train.log", "w") as f:  # fairseq-train resumes from checkpoint_last.pt itself
+    resumed = ckpt.is_file()
+    log(f"train {run}: {'resuming' if resumed else 'starting'} (log: {save / 'train.log'})")
+    with open(save / "train.log", "a") as f:  # fairseq-train resumes from checkpoint_last.pt itself
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env_for(args.threads))
     if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-train {name} failed; see {save / 'train.log'}")
-    (save / "DONE").write_text(f"{time.time() - t0:.0f} s\n")
-    log(f"train {name}: {time.time() - t0:.0f} s")
+        raise RuntimeError(f"fairseq-train {run} failed; see {save / 'train.log'}")
+    (save / "DONE").write_text(json.dumps({"seconds_last_session": round(time.time() - t0), "resumed": resumed,
+                                           "argv": cmd}) + "\n")
+    log(f"train {run}: {time.time() - t0:.0f} s")
     return ckpt
 
 
-def extract_per_target(args, ckpt, tgt_langs):
+def extract_per_target(args, ckpt, run, tgt_langs):
     from fairseq_taskmoe.extract import extract
 
     out = {}
     for lang in tgt_langs:
-        path = Path(args.out) / "task-moe-extracted" / lang
-        if not (path / "checkpoint.pt").is_file():
+        path = Path(args.out) / "extracts" / run / lang
+        if not (path / "extract.json").is_file():
             extract(str(ckpt), target_langs=[lang], out_dir=str(path), data_dir=str(args.data), force=True)
         out[lang] = path / "checkpoint.pt"
     return out
 
 
-def evaluate(args, name, ckpts, data, pairs, lang_pairs):
-    """Per-pair scores; ``ckpts`` maps a target language to its checkpoint (or "*": one model)."""
-    import json
-
+def evaluate(args, run, ckpts, pairs, lang_pairs, subset):
+    """{pair: scores + hypotheses}; ``ckpts`` maps a target language to its checkpoint (or "*": one
+    model). One cached JSON per direction, so an interrupted scoring resumes."""
     from fairseq_taskmoe import evaluate as ev
 
-    cache = Path(args.out) / "scores" / f"{name}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
     results = {}
-    for pair in pairs:
+    for i, pair in enumerate(pairs, 1):
+        cache = Path(args.out) / "scores" / run / subset / f"{pair}.json"
+        if cache.is_file():
+            results[pair] = json.loads(cache.read_text())
+            continue
         ckpt = ckpts.get(pair.split("-")[1], ckpts.get("*"))
-        results.update(ev.evaluate(ckpt, data, [pair], lang_pairs, benchlib.PLUGIN_DIR, beam=args.beam,
-                                   log=lambda s: print(f"[{name}] {s}", flush=True)))
-    benchlib.write_json(results, cache)
+        log = lambda s: print(f"[{run} {subset} {i}/{len(pairs)}] {s}", flush=True)  # noqa: E731
+        res = ev.evaluate(ckpt, args.data, [pair], lang_pairs, benchlib.PLUGIN_DIR, beam=args.beam,
+                          subset=subset, log=log)
+        benchlib.write_json(res[pair], cache)
+        results[pair] = res[pair]
     return results
 
 
@@ -114,91 +157,220 @@ def same_hypotheses(a, b):
     return {"identical": same, "total": total, "exact": same == total and total > 0}
 
 
+def split_size(data, subset, src, tgt):
+    from fairseq_taskmoe.evaluate import split_size as size
+
+    return size(data, subset, src, tgt)
+
+
+def model_of(run):
+    return run.rsplit(".s", 1)[0]
+
+
 def summarize(scores, pairs):
+    """Per model: seeds, per-direction and average mean / sd over seeds, for BLEU, chrF, chrF++."""
+    by_model = {}
+    for run, res in scores.items():
+        by_model.setdefault(model_of(run), []).append(res)
     rows = []
-    for name, res in scores.items():
-        row = {"model": name}
-        for pair in pairs:
-            row[f"{pair} BLEU"] = res[pair]["bleu"]
-            row[f"{pair} chrF"] = res[pair]["chrf"]
-        row["avg BLEU"] = sum(res[p]["bleu"] for p in pairs) / len(pairs)
-        row["avg chrF"] = sum(res[p]["chrf"] for p in pairs) / len(pairs)
+    for model, runs in by_model.items():
+        row = {"model": model, "seeds": len(runs)}
+        for metric in ("bleu", "chrf", "chrf++"):
+            per_seed_avg = [sum(r[p][metric] for p in pairs) / len(pairs) for r in runs]
+            row[f"avg {metric}"], row[f"avg {metric} sd"] = benchlib.mean_sd(per_seed_avg)
+            for pair in pairs:
+                row[f"{pair} {metric}"], row[f"{pair} {metric} sd"] = benchlib.mean_sd(r[pair][metric] for r in runs)
         rows.append(row)
     return rows
 
 
-def smoke_data(out):
-    sys.path.insert(0, str(benchlib.REPO / "tests"))
-    from taskmoe_testlib import binarize, write_toy_corpus
+def table_rows(rows, pairs):
+    """Display rows: "mean ± sd" cells (sd only where a model has several seeds): one table of
+    averages (a row per model), one of BLEU per direction (a row per direction)."""
+    def cell(row, key):
+        mean, sd = row[key], row[f"{key} sd"]
+        return f"{mean:.2f} ± {sd:.2f}" if row["seeds"] > 1 else f"{mean:.2f}"
 
-    root = Path(out) / "toy"
-    if not (root / "bin" / "dict.de.txt").is_file():
-        write_toy_corpus(root / "raw")
-        binarize(root / "raw", root / "bin")
-    return root / "bin"
+    keys = ["avg bleu", "avg chrf", "avg chrf++"]
+    averages = [{"model": r["model"], "seeds": r["seeds"], **{k: cell(r, k) for k in keys}} for r in rows]
+    per_pair = [{"direction": p, **{r["model"]: cell(r, f"{p} bleu") for r in rows}} for p in pairs]
+    return averages, ["model", "seeds", *keys], per_pair, ["direction", *[r["model"] for r in rows]]
+
+
+def concatenated(res, pairs):
+    """(hypotheses, raw references, target language per segment) over all ``pairs``."""
+    from fairseq_taskmoe.evaluate import read_lines
+
+    hyps, refs, langs = [], [], []
+    for pair in pairs:
+        if res[pair].get("references", "T- lines") == "T- lines":
+            raise ValueError(f"{pair}: scored against T- lines; the bootstrap needs raw references")
+        lines = read_lines(res[pair]["references"])
+        hyps += res[pair]["hypotheses"]
+        refs += lines
+        langs += [pair.split("-")[1]] * len(lines)
+    return hyps, refs, langs
+
+
+def bootstrap(scores, pairs, seeds):
+    """Paired bootstrap (sacrebleu) of each COMPARISONS pair, seed by seed, on the concatenated test sets."""
+    from fairseq_taskmoe.evaluate import paired_bootstrap
+
+    out = []
+    for base, system in COMPARISONS:
+        for seed in seeds:
+            a, b = f"{base}.s{seed}", f"{system}.s{seed}"
+            if a not in scores or b not in scores:
+                continue
+            hyps_a, refs, langs = concatenated(scores[a], pairs)
+            hyps_b, _, _ = concatenated(scores[b], pairs)
+            result = paired_bootstrap(hyps_a, hyps_b, refs, langs, names=(a, b))
+            out.append({"baseline": a, "system": b, **result})
+    return out
+
+
+def count_params(ckpt, top_k):
+    """{"total": parameters in the checkpoint, "active": those one token uses (k of E experts)}."""
+    from fairseq_taskmoe.checkpoints import load_checkpoint_safely
+
+    total = active = 0
+    for name, tensor in load_checkpoint_safely(str(ckpt))["model"].items():
+        total += tensor.numel()
+        # stacked experts: (E, ...) tensors, of which a token uses top_k
+        active += tensor.numel() * top_k // tensor.shape[0] if ".moe.experts." in name else tensor.numel()
+    return {"total": total, "active": active}
+
+
+def score_subset(args, subset, models, all_pairs, lang_pairs, seeds):
+    """Score every model on ``subset`` (the directions that have it); print the tables; return JSON."""
+    first = seeds[0]
+    pairs = [p for p in all_pairs if split_size(args.data, subset, *p.split("-")) is not None]
+    if not pairs:
+        raise SystemExit(f"--subsets {subset}: no direction has a binarized {subset} split in {args.data}")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        scores = dict(zip(models, pool.map(
+            lambda run: evaluate(args, run, models[run], pairs, lang_pairs, subset), models)))
+    rows = summarize(scores, pairs)
+    exact = same_hypotheses(scores[f"task-moe.s{first}"], scores[f"task-moe-extracted.s{first}"])
+    tests = bootstrap(scores, pairs, seeds)
+    signatures = sorted({f"{m}: {sig}" for res in scores.values() for r in res.values()
+                         for m, sig in r["signatures"].items()})
+    averages, avg_cols, per_pair, pair_cols = table_rows(rows, pairs)
+    print(f"\n== {subset}: mean ± sd over seeds, averaged over {len(pairs)} directions")
+    print(benchlib.table(averages, avg_cols))
+    print(f"\n== {subset}: BLEU per direction, mean ± sd over seeds")
+    print(benchlib.table(per_pair, pair_cols))
+    print()
+    print(benchlib.table([{"A": t["baseline"], "B": t["system"], "BLEU A": t["BLEU"][t["baseline"]],
+                           "BLEU B": t["BLEU"][t["system"]], "p (BLEU)": t["BLEU"]["p_value"],
+                           "chrF A": t["chrF"][t["baseline"]], "chrF B": t["chrF"][t["system"]],
+                           "p (chrF)": t["chrF"]["p_value"]} for t in tests],
+                         ["A", "B", "BLEU A", "BLEU B", "p (BLEU)", "chrF A", "chrF B", "p (chrF)"]))
+    print(f"paired bootstrap: sacrebleu, 1000 resamples, p: H0 = same quality, on the concatenated "
+          f"{subset} sets of {len(pairs)} directions" if tests else "paired bootstrap: no comparable runs")
+    print(f"extracted task-MoE == full task-MoE: {exact}")
+    for sig in signatures:
+        print(f"signature {sig}")
+    return {"pairs": pairs, "pairs_without_split": [p for p in all_pairs if p not in pairs], "rows": rows,
+            "extracted_equals_full": exact, "paired_bootstrap": tests, "signatures": signatures,
+            "scores": {run: {p: {k: v for k, v in r.items() if k != "hypotheses"} for p, r in res.items()}
+                       for run, res in scores.items()}}
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="binarized data (default: data/loc8; --smoke: a toy corpus)")
-    p.add_argument("--langs", default="de,fr,ja", help="non-English languages (pairs en-X and X-en)")
+    p.add_argument("--langs", default=None,
+                   help="non-English languages, pairs en-X and X-en (default: every pair in DATA/lang_pairs.txt)")
+    p.add_argument("--subsets", default="auto",
+                   help="comma-separated splits to score; auto: test, plus test_doc (documentation sentences) "
+                        "when the corpus has it; a direction without the split is left out of that split's table")
     p.add_argument("--out", required=True, help="run directory (checkpoints, scores, quality.json)")
-    p.add_argument("--arch", default="transformer_taskmoe_tiny")
+    p.add_argument("--seeds", default="1,2", help="seeds of dense-active, token-MoE and task-MoE")
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--ffn-dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers")
+    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--experts", type=int, default=8)
-    p.add_argument("--max-update", type=int, default=600, help="training budget of every model")
-    p.add_argument("--max-tokens", type=int, default=4000)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--moe-freq", type=int, default=2)
+    p.add_argument("--max-update", type=int, default=800, help="training budget of every model")
+    p.add_argument("--max-tokens", type=int, default=6000)
     p.add_argument("--lr", type=float, default=0.003)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--aux-loss-weight", type=float, default=0.01)
+    p.add_argument("--save-interval-updates", type=int, default=200, help="resume granularity")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--distill-sentences", type=int, default=4000,
-                   help="training sources per direction translated by the teacher (0: all)")
+                   help="training pairs per direction, a seeded uniform sample, translated by the teacher "
+                        "(0: all)")
     p.add_argument("--distill-beam", type=int, default=4)
     p.add_argument("--jobs", type=int, default=1, help="trainings / evaluations run side by side")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every fairseq subprocess")
     p.add_argument("--json", default=None, help="default: OUT/quality.json")
-    p.add_argument("--smoke", action="store_true", help="toy corpus, tiny budget (CI, < 2 min)")
+    p.add_argument("--smoke", action="store_true", help="toy corpus, tiny models and budget (CI, ~2 min)")
     return p
+
+
+def resolve(args):
+    if args.smoke:
+        args.data = args.data or benchlib.toy_corpus(Path(args.out) / "toy")
+        args.embed_dim, args.ffn_dim, args.layers, args.heads, args.experts = 32, 64, 2, 2, 4
+        args.max_update, args.max_tokens, args.lr, args.warmup = 40, 1000, 0.005, 10
+        args.distill_sentences, args.save_interval_updates = 60, 20
+    args.data = str(args.data or benchlib.REPO / "data/loc8")
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"--data {args.data}: no such directory (build it with fairseq-taskmoe-prepare-data)")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {args.seeds!r}: give distinct integers, e.g. 1,2")
+    if args.langs:
+        langs = [lang for lang in args.langs.split(",") if lang]
+        pairs = [p for lang in langs for p in (f"en-{lang}", f"{lang}-en")]
+    else:
+        pairs = benchlib.lang_pairs_of(args.data).split(",")
+    if not pairs or not all(pairs):
+        raise SystemExit(f"--langs {args.langs!r}: name at least one language")
+    if args.subsets == "auto":  # UI strings, and documentation sentences where the corpus has them
+        has_docs = any(Path(args.data).glob("test_doc.*.idx"))
+        args.subsets = "test,test_doc" if has_docs else "test"
+    subsets = [s for s in args.subsets.split(",") if s]
+    return seeds, pairs, subsets
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
     t_start = time.time()
-    if args.smoke:
-        args.data = args.data or smoke_data(args.out)
-        args.langs, args.max_update, args.experts = "de", 40, 4
-        args.lr, args.distill_sentences, args.warmup, args.max_tokens = 0.005, 60, 10, 1000
-    args.data = args.data or str(benchlib.REPO / "data/loc8")
+    seeds, pairs, subsets = resolve(args)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # fairseq_taskmoe.evaluate's fairseq-generate
-    langs = [l for l in args.langs.split(",") if l]
-    if not langs:
-        raise ValueError("--langs must name at least one language")
-    pairs = [p for l in langs for p in (f"en-{l}", f"{l}-en")]
     lang_pairs = ",".join(pairs)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    first = seeds[0]
+    jobs = [(f"{m}.s{s}", m, s) for m in SEEDED for s in seeds] + [(f"{m}.s{first}", m, first)
+                                                                   for m in FIRST_SEED_ONLY]
     with ThreadPoolExecutor(args.jobs) as pool:
-        ckpts = dict(zip(FIRST_ROUND, pool.map(lambda n: train(args, n, args.data, lang_pairs, log),
-                                               FIRST_ROUND)))
+        ckpts = dict(zip([j[0] for j in jobs], pool.map(
+            lambda j: train(args, j[0], j[1], j[2], args.data, lang_pairs, log), jobs)))
     flags = benchlib.task_flags(args.data, lang_pairs)
-    student_data = distill.build_student_data(PY, ckpts[TEACHER], args.data, Path(args.out) / "distilled",
-                                              pairs, lang_pairs, flags, args.distill_sentences,
-                                              args.distill_beam, env_for(args.threads), log)
-    ckpts["student"] = train(args, "student", student_data, lang_pairs, log)
-    extracted = extract_per_target(args, ckpts["task-moe"], sorted({p.split("-")[1] for p in pairs}))
-    jobs = {n: {"*": c} for n, c in ckpts.items()}
-    jobs["task-moe-extracted"] = extracted
-    with ThreadPoolExecutor(args.jobs) as pool:
-        scores = dict(zip(jobs, pool.map(
-            lambda n: evaluate(args, n, jobs[n], args.data, pairs, lang_pairs), jobs)))
-    rows = summarize(scores, pairs)
-    exact = same_hypotheses(scores["task-moe"], scores["task-moe-extracted"])
+    student_data = distill.build_student_data(
+        PY, ckpts[f"{TEACHER}.s{first}"], args.data, Path(args.out) / "distilled", pairs, lang_pairs, flags,
+        args.distill_sentences, args.distill_beam, env_for(args.threads), log, seed=first)
+    ckpts[f"student.s{first}"] = train(args, f"student.s{first}", "student", first, student_data, lang_pairs, log)
+    extracted = extract_per_target(args, ckpts[f"task-moe.s{first}"], f"task-moe.s{first}",
+                                                    sorted({p.split("-")[1] for p in pairs}))
+    models = {run: {"*": c} for run, c in ckpts.items()}
+    models[f"task-moe-extracted.s{first}"] = extracted
     result = {"bench": "quality", "env": benchlib.environment(), "config": vars(args), "pairs": pairs,
-              "rows": rows, "extracted_equals_full": exact,
-              "scores": {n: {p: {k: v for k, v in r.items() if k != "hypotheses"} for p, r in s.items()}
-                         for n, s in scores.items()},
-              "seconds": time.time() - t_start}
-    cols = ["model", "avg BLEU", "avg chrF"] + [f"{p} BLEU" for p in pairs]
-    print(benchlib.table(rows, cols))
-    print(f"extracted task-MoE == full task-MoE: {exact}")
+              "seeds": seeds, "subsets": {},
+              "params": {**{run: count_params(c, args.top_k) for run, c in ckpts.items() if run.endswith(f".s{first}")},
+                         **{f"task-moe-extracted.s{first}:{lang}": count_params(c, args.top_k)
+                            for lang, c in extracted.items()}},
+              "distill_sample": json.loads((Path(student_data) / "sample.json").read_text())
+              if (Path(student_data) / "sample.json").is_file() else None}
+    for subset in subsets:
+        result["subsets"][subset] = score_subset(args, subset, models, pairs, lang_pairs, seeds)
+    result["seconds"] = round(time.time() - t_start)
     out = benchlib.write_json(result, args.json or Path(args.out) / "quality.json")
     print(f"wrote {out}")
     return result
