@@ -1,12 +1,19 @@
 """Criterion ``label_smoothed_cross_entropy_moe``: label-smoothed CE + load balancing.
 
-loss = label_smoothed_CE + moe_aux_loss_weight * sample_size * mean(aux over MoE layers)
+optimised: label_smoothed_CE + moe_aux_loss_weight * sample_size * mean(aux over MoE layers)
+
+The logged ``loss`` is the label-smoothed CE alone (the translation loss), so
+``--best-checkpoint-metric loss`` (fairseq's default) selects checkpoint_best on
+translation quality, not on the balance term; ``moe_aux_loss`` logs the weighted
+balance term in the same units (per ``sample_size``, base 2), so
+``loss + moe_aux_loss`` is the optimised objective.
 
 Logs per side (encoder, decoder): the aux loss (1.0 = balanced), the
 percentage of token assignments dropped by capacity, and the coefficient of
 variation of tokens per expert (0 = perfectly even).
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +30,9 @@ SIDES = ("encoder", "decoder")
 @dataclass
 class LabelSmoothedCrossEntropyMoECriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
     moe_aux_loss_weight: float = field(
-        default=0.01, metadata={"help": "weight of the GShard load-balancing loss (0 disables it)"}
+        default=0.01, metadata={"help": "weight of the GShard load-balancing loss (0 disables it); "
+                                "optimised but logged apart as moe_aux_loss: the logged loss (and "
+                                "so checkpoint_best) is the translation loss alone"}
     )
 
 
@@ -65,10 +74,13 @@ class LabelSmoothedCrossEntropyMoECriterion(LabelSmoothedCrossEntropyCriterion):
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         aux, moe_logs = summarize_moe_stats(net_output[1].get("moe_stats"))
+        objective, aux_term = loss, None
         if aux is not None and self.moe_aux_loss_weight > 0:
-            loss = loss + self.moe_aux_loss_weight * sample_size * aux.to(loss.dtype)
+            aux_term = self.moe_aux_loss_weight * sample_size * aux.to(loss.dtype)
+            objective = loss + aux_term
         logging_output = {
-            "loss": loss.data,
+            "loss": loss.data,  # translation loss only: what checkpoint_best is chosen on
+            "moe_aux_loss": aux_term.data if aux_term is not None else 0.0,
             "nll_loss": nll_loss.data,
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
@@ -79,11 +91,17 @@ class LabelSmoothedCrossEntropyMoECriterion(LabelSmoothedCrossEntropyCriterion):
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = n_correct.data
             logging_output["total"] = total.data
-        return loss, sample_size, logging_output
+        return objective, sample_size, logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         super().reduce_metrics(logging_outputs)
+        if any("moe_aux_loss" in log for log in logging_outputs):
+            aux_sum = sum(log.get("moe_aux_loss", 0) for log in logging_outputs)
+            sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+            # same normalisation as fairseq's `loss`, so loss + moe_aux_loss = objective
+            metrics.log_scalar("moe_aux_loss", aux_sum / max(sample_size, 1) / math.log(2),
+                               sample_size, round=4)
         for side in SIDES:
             n = sum(log.get(f"moe_{side}_n", 0) for log in logging_outputs)
             if n == 0:
