@@ -45,31 +45,38 @@ class MoEConfig(FairseqDataclass):
     moe_task_names: str = field(
         default="",
         metadata={"help": "comma-separated task names in gate order; filled from --lang-pairs by the "
-                  "translation_multi_simple_epoch_taskmoe task, stored in the checkpoint"},
+                  "translation_multi_simple_epoch_taskmoe task, stored in the checkpoint; resuming or "
+                  "fine-tuning keeps the checkpoint's list (rows matched by name, a task the "
+                  "checkpoint lacks is an error)"},
     )
     moe_capacity_factor: float = field(
         default=1.25,
-        metadata={"help": "token routing, training: each expert takes at most "
-                  "ceil(factor * k * tokens / E) tokens; overflow is dropped (residual only)"},
+        metadata={"help": "token routing, training, encoder: each expert takes at most "
+                  "ceil(factor * k * tokens / E) tokens; overflow is dropped (residual only); must be "
+                  "> 0 (--moe-dropless for no limit); decoder token routing is always dropless "
+                  "(a batch-wide queue would leak future positions)"},
     )
     moe_eval_capacity_factor: float = field(
         default=0.0,
-        metadata={"help": "token routing, evaluation/inference capacity factor; <= 0 means dropless"},
+        metadata={"help": "token routing, evaluation/inference capacity factor (encoder); <= 0 means "
+                  "dropless"},
     )
     moe_dropless: bool = field(
         default=False,
-        metadata={"help": "never drop tokens (token routing too); sentence and task routing are "
-                  "always dropless"},
+        metadata={"help": "never drop tokens (token routing too); sentence and task routing, and "
+                  "decoder token routing, are always dropless"},
     )
     moe_second_expert_policy: SECOND_EXPERT_CHOICES = field(
         default="all",
         metadata={"help": "top-2 second expert in training: all (always), sampling (sampled by gate "
-                  "probability), random (kept with probability 2*g2, GShard); inference uses all"},
+                  "probability), random (kept with probability 2*g2, GShard; a dropped second takes "
+                  "no capacity slot); inference uses all. A token that loses one of its two experts "
+                  "(random policy or capacity) gives the other weight 1"},
     )
     moe_gate_fp32: bool = field(
         default=False,
-        metadata={"help": "compute the gate matmul in fp32 under --fp16/--bf16 (the gate softmax and "
-                  "top-k always run in fp32)"},
+        metadata={"help": "compute the gate in fp32 with autocast off under --fp16/--bf16/--amp (the "
+                  "gate softmax and top-k always run in fp32)"},
     )
     moe_layout: str = field(
         default="",
@@ -111,6 +118,14 @@ def validate(cfg: MoEConfig):
         raise ValueError(f"--moe-freq must be >= 0 (0 disables MoE), got {cfg.moe_freq}")
     if cfg.moe_layout:
         parse_layout(cfg.moe_layout)
+
+
+def validate_training(cfg: MoEConfig):
+    """Checks that apply only when training (a checkpoint's args may still hold them)."""
+    if not cfg.moe_dropless and cfg.moe_capacity_factor <= 0:
+        raise ValueError(f"--moe-capacity-factor must be > 0 in training, got "
+                         f"{cfg.moe_capacity_factor}; use --moe-dropless for token routing without "
+                         "a capacity limit")
 
 
 def task_names(cfg: MoEConfig) -> List[str]:
