@@ -16,6 +16,7 @@ than the training split it trains on with a multiple of 1.
 """
 
 import logging
+import os
 from collections import OrderedDict
 
 import torch
@@ -24,7 +25,7 @@ from fairseq.data.multilingual.sampled_multi_dataset import CollateFormat, Sampl
 from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
-from fairseq_taskmoe.config import TASK_BY_CHOICES
+from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, validate_training
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,70 @@ def task_names_for_pairs(task_by: str, lang_pairs) -> list:
         src, tgt = pair.split("-")
         names.add(task_key(task_by, src, tgt))
     return sorted(names)
+
+
+def restore_checkpoint_path(args):
+    """The checkpoint fairseq-train will load into the model it builds, or None.
+
+    fairseq-train builds the model from the command line and only then loads a
+    checkpoint's weights (``checkpoint_utils.load_checkpoint``): the model args,
+    ``--moe-task-names`` included, are never read back from the checkpoint, for
+    a resume (``<save-dir>/checkpoint_last.pt``), ``--restore-file``,
+    ``--continue-once`` or ``--finetune-from-model`` alike. This mirrors that
+    function's choice of file so the task can read the gate's task order first.
+    """
+    save_dir, restore = getattr(args, "save_dir", None), getattr(args, "restore_file", None)
+    if save_dir is None or restore is None:
+        return None
+    suffix = getattr(args, "checkpoint_suffix", None) or ""
+    if restore != "checkpoint_last.pt":
+        return restore.replace(".pt", suffix + ".pt")
+    last = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
+    if os.path.isfile(last):
+        return last
+    return getattr(args, "continue_once", None) or getattr(args, "finetune_from_model", None)
+
+
+def resolve_task_names(task_by, pair_names, given, ckpt_names, ckpt_task_by, ckpt_path):
+    """Gate order of a model that starts from a checkpoint (or from scratch: ``ckpt_names`` None).
+
+    The checkpoint's order wins: row i of a task gate was trained for its i-th
+    task, so tasks are matched to rows by *name*. A task of ``--lang-pairs`` that
+    the checkpoint has no row for, a different ``--moe-task-by`` or an explicit
+    ``--moe-task-names`` other than the checkpoint's is an error, never a silent
+    re-assignment of rows.
+    """
+    if ckpt_names is None:
+        return given or pair_names
+    if ckpt_task_by != task_by:
+        raise ValueError(f"--moe-task-by {task_by} differs from the checkpoint {ckpt_path} "
+                         f"(--moe-task-by {ckpt_task_by}): its task-gate rows are tasks of another "
+                         f"kind; pass --moe-task-by {ckpt_task_by}")
+    if given and given != ckpt_names:
+        raise ValueError(f"--moe-task-names {','.join(given)} differs from the task order of the "
+                         f"checkpoint {ckpt_path} ({','.join(ckpt_names)}); leave --moe-task-names "
+                         "out: the checkpoint's order is kept and tasks are matched by name")
+    missing = [name for name in pair_names if name not in ckpt_names]
+    if missing:
+        raise ValueError(f"--lang-pairs gives task(s) {', '.join(missing)} (under --moe-task-by "
+                         f"{task_by}) that the checkpoint {ckpt_path} has no task-gate row for; its "
+                         f"tasks are {', '.join(ckpt_names)}. Use only language pairs of those tasks")
+    return list(ckpt_names)
+
+
+def checkpoint_task_names(path):
+    """(task names, --moe-task-by) stored in a transformer_taskmoe checkpoint, or (None, None)."""
+    from fairseq_taskmoe.checkpoints import load_checkpoint_safely, model_args
+
+    if not path or not os.path.isfile(path):
+        return None, None  # fairseq-train starts from scratch (or reports the missing file)
+    state = load_checkpoint_safely(path)
+    try:
+        ns = model_args(state, path)
+    except ValueError:
+        return None, None  # not a task-MoE checkpoint: loading its weights is fairseq's business
+    names = [t for t in str(getattr(ns, "moe_task_names", "") or "").split(",") if t]
+    return (names or None), str(getattr(ns, "moe_task_by", None) or "target_lang")
 
 
 class TaskIdDatasetManager(MultilingualDatasetManager):
@@ -85,8 +150,24 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
 
     def build_model(self, args, from_checkpoint=False):
         task_by = str(getattr(args, "moe_task_by", None) or "target_lang")
-        if not getattr(args, "moe_task_names", None):
-            # First build (training): one task per target language / pair / source language.
+        given = [t for t in str(getattr(args, "moe_task_names", None) or "").split(",") if t]
+        moe_cfg = moe_config_from_args(args) if self.training and not from_checkpoint else None
+        if moe_cfg is not None:
+            validate_training(moe_cfg)
+        # (getattr, not moe_cfg: a stock --arch has no routing flags and no task gate)
+        if moe_cfg is not None and "task" in (str(getattr(args, "moe_encoder_routing", None)),
+                                               str(getattr(args, "moe_decoder_routing", None))):
+            # fairseq-train: the model is built from the command line, and a checkpoint's
+            # weights may be loaded into it next; its task-gate rows keep their tasks.
+            path = restore_checkpoint_path(self.args)
+            ckpt_names, ckpt_task_by = checkpoint_task_names(path)
+            names = resolve_task_names(task_by, task_names_for_pairs(task_by, self.lang_pairs),
+                                       given, ckpt_names, ckpt_task_by, path)
+            if ckpt_names is not None and names != task_names_for_pairs(task_by, self.lang_pairs):
+                logger.info("task-gate rows follow the task order of %s: %s", path, ",".join(names))
+            args.moe_task_names = ",".join(names)
+        elif not given:
+            # One task per target language / pair / source language.
             args.moe_task_names = ",".join(task_names_for_pairs(task_by, self.lang_pairs))
         self.moe_task_by = task_by
         self.moe_task_names = args.moe_task_names.split(",")
