@@ -66,7 +66,7 @@ def test_resume_takes_rows_from_the_checkpoint_in_process(toy_data, tmp_path):
         setup_task(toy_data, extra=["--save-dir", str(tmp_path)])
 
 
-LANGS = ["--moe-task-by", "lang_pair", "--langs", "de,en,es,fr"]
+PAIR_TASK_FLAGS = ["--moe-task-by", "lang_pair", "--langs", "de,en,es,fr"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def lang_pair_ckpt(toy_data, tmp_path_factory):
     --lang-pairs (another pair set would change the embedding size)."""
     save = tmp_path_factory.mktemp("resume") / "ckpt"
     run_cli("fairseq-train", multilingual_task_args(toy_data, lang_pairs="en-de,en-fr") + train_args(
-        save, max_update=1, extra=LANGS))
+        save, max_update=1, extra=PAIR_TASK_FLAGS))
     return save
 
 
@@ -85,7 +85,7 @@ def test_resume_with_a_subset_of_pairs_keeps_the_rows(toy_data, lang_pair_ckpt, 
     save = tmp_path / "ckpt"
     shutil.copytree(lang_pair_ckpt, save)
     out = run_cli("fairseq-train", multilingual_task_args(toy_data, lang_pairs="en-fr") + train_args(
-        save, max_update=2, extra=LANGS))
+        save, max_update=2, extra=PAIR_TASK_FLAGS))
     log = out.stdout + out.stderr
     assert "task-gate rows follow the task order" in log and "num_updates 2" in log
     state = torch.load(save / "checkpoint_last.pt", weights_only=True)
@@ -98,6 +98,6 @@ def test_finetune_with_a_task_the_checkpoint_lacks_is_an_error(toy_data, lang_pa
     before = source.read_bytes()
     with pytest.raises(AssertionError, match=r"task\(s\) en-es .*its tasks are en-de, en-fr"):
         run_cli("fairseq-train", multilingual_task_args(toy_data, lang_pairs="en-de,en-es") + train_args(
-            tmp_path / "ft", max_update=2, extra=[*LANGS, "--finetune-from-model", source]))
+            tmp_path / "ft", max_update=2, extra=[*PAIR_TASK_FLAGS, "--finetune-from-model", source]))
     assert source.read_bytes() == before
     assert not (tmp_path / "ft" / "checkpoint_last.pt").exists()
