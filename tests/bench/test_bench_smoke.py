@@ -6,6 +6,7 @@ Checks keys and finite numbers only: speed is measured by the scripts, never ass
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -28,9 +29,11 @@ def assert_finite(value, where):
 
 
 @pytest.fixture(scope="module")
-def quality(toy_data, tmp_path_factory):
+def quality(tmp_path_factory):
+    """The quality study at toy size, on its own toy corpus (sentencepiece-style pieces and raw/
+    references, as fairseq-taskmoe-prepare-data writes them)."""
     out = tmp_path_factory.mktemp("quality")
-    load_script("quality").main(["--smoke", "--data", str(toy_data), "--out", str(out), "--jobs", "2"])
+    load_script("quality").main(["--smoke", "--out", str(out), "--jobs", "2"])
     return out
 
 
@@ -69,21 +72,88 @@ def test_bench_moe_layer_json(tmp_path):
 
 def test_bench_quality_json(quality):
     result = json.loads((quality / "quality.json").read_text())
-    assert result["pairs"] == ["en-de", "de-en"]
-    models = {r["model"] for r in result["rows"]}
-    assert models == {"dense", "token-moe", "task-moe", "student", "task-moe-extracted"}
-    for r in result["rows"]:
-        for key in ("avg BLEU", "avg chrF", "en-de BLEU", "de-en chrF"):
-            assert_finite(r[key], f"{r['model']} {key}")
+    pairs = ["en-de", "de-en"]
+    assert result["pairs"] == pairs and result["seeds"] == [1, 2]
+    test = result["subsets"]["test"]
+    rows = {r["model"]: r for r in test["rows"]}
+    assert set(rows) == {"dense-active", "token-moe", "task-moe", "task-moe-both", "student", "task-moe-extracted"}
+    assert {m: r["seeds"] for m, r in rows.items() if r["seeds"] == 2} == {"dense-active": 2, "token-moe": 2,
+                                                                          "task-moe": 2}
+    runs = test["scores"]
+    for model, row in rows.items():
+        for key in ("avg bleu", "avg bleu sd", "avg chrf", "avg chrf++", "en-de bleu", "de-en chrf sd"):
+            assert_finite(row[key], f"{model} {key}")
+        # the mean over seeds is the mean of the runs' own scores
+        seeds = [r for r in runs if r.rsplit(".s", 1)[0] == model]
+        assert row["en-de bleu"] == pytest.approx(sum(runs[r]["en-de"]["bleu"] for r in seeds) / len(seeds))
+    for run in runs.values():
+        for pair in pairs:
+            assert run[pair]["references"].endswith(f"raw/test.en-de.{pair.split('-')[1]}")
+            assert set(run[pair]["signatures"]) == {"bleu", "chrf", "chrf++"}
     # the extracted task-MoE decodes exactly like the full one
-    assert result["extracted_equals_full"]["exact"] is True
+    assert test["extracted_equals_full"] == {"identical": 26, "total": 26, "exact": True}
+    tests = {(t["baseline"], t["system"]): t for t in test["paired_bootstrap"]}
+    assert {("token-moe.s1", "task-moe.s1"), ("token-moe.s2", "task-moe.s2")} <= set(tests)
+    for t in tests.values():
+        assert t["BLEU"]["segments"] == 26 and 0 < t["BLEU"]["p_value"] <= 1 and "bs:1000" in t["BLEU"]["signature"]
+    # the bootstrap's scores are sacrebleu's corpus scores of the concatenated directions
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hyps, refs = [], []
+    for pair in pairs:
+        cached = json.loads((quality / "scores" / "task-moe.s1" / "test" / f"{pair}.json").read_text())
+        hyps += cached["hypotheses"]
+        refs += open(cached["references"], encoding="utf-8").read().splitlines()
+    t = tests[("token-moe.s1", "task-moe.s1")]
+    assert t["BLEU"]["task-moe.s1"] == round(BLEU(tokenize="13a").corpus_score(hyps, [refs]).score, 2)
+    assert t["chrF"]["task-moe.s1"] == round(CHRF().corpus_score(hyps, [refs]).score, 2)
+    # dense-active is the extract's active size: an extract's token uses the same parameters
+    # plus the encoder's router (E x d) and its second expert's output bias (d)
+    params, d, experts = result["params"], 32, 4
+    for lang in ("de", "en"):
+        extract = params[f"task-moe-extracted.s1:{lang}"]
+        assert extract["active"] - params["dense-active.s1"]["total"] == experts * d + d
+        assert extract["total"] > extract["active"]  # the token-routed encoder keeps all experts
+    assert params["dense-active.s1"]["total"] == params["dense-active.s1"]["active"] == params["student.s1"]["total"]
+
+
+def test_bench_distill_samples_each_direction_uniformly(quality):
+    sample = json.loads((quality / "distilled" / "sample.json").read_text())
+    assert set(sample) == {"en-de", "de-en"}
+    for pair, s in sample.items():
+        assert s["sampled"] == 60 and s["translated"] == len(s["train_ids"]) <= 60
+        assert max(s["train_ids"]) > 120  # a sample of the 240 train pairs, not the first 60
+    assert sample["en-de"]["train_ids"] != sample["de-en"]["train_ids"]  # one sample per direction
     assert (quality / "distilled" / "train.de-en.de.idx").is_file()
 
 
-def test_bench_routing_json(quality, toy_data, tmp_path):
+def test_sample_ids_is_seeded_uniform_and_complete_when_asked_for_all():
+    distill = load_script("distill")
+    a = distill.sample_ids(1000, 100, 1, "en", "de")
+    assert a == distill.sample_ids(1000, 100, 1, "en", "de") and len(set(a)) == 100 and a == sorted(a)
+    assert a != distill.sample_ids(1000, 100, 2, "en", "de") and a != distill.sample_ids(1000, 100, 1, "de", "en")
+    assert distill.sample_ids(50, 0, 1, "en", "de") == distill.sample_ids(50, 80, 1, "en", "de") == list(range(50))
+
+
+def test_readme_evaluate_command_runs_as_written(quality, tmp_path):
+    """`python -m fairseq_taskmoe.evaluate CKPT --data DIR --pairs ...` from any directory: the plugin's
+    --user-dir and the model's --lang-pairs are defaults."""
+    ckpt, data = quality / "runs" / "task-moe.s1" / "checkpoint_last.pt", quality / "toy" / "bin"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "fairseq_taskmoe.evaluate", str(ckpt), "--data", str(data),
+                           "--pairs", "en-de", "--json", str(tmp_path / "s.json")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["lang_pairs"] == "en-de,de-en" and "bleu signature: nrefs:1" in proc.stdout
+    full = json.loads((quality / "scores" / "task-moe.s1" / "test" / "en-de.json").read_text())
+    assert saved["pairs"]["en-de"]["hypotheses"] == full["hypotheses"]
+
+
+def test_bench_routing_json(quality, tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    proc = run_cli("fairseq-taskmoe-routing", [quality / "task-moe" / "checkpoint_last.pt", "--data",
-                                               toy_data, "--json", out, "--png", png])
+    proc = run_cli("fairseq-taskmoe-routing", [quality / "runs" / "task-moe.s1" / "checkpoint_last.pt", "--data",
+                                               quality / "toy" / "bin", "--json", out, "--png", png])
     # importing fairseq sets the root logger to DEBUG; the CLI must not print matplotlib's debug lines
     assert "DEBUG:" not in proc.stderr
     saved = json.loads(out.read_text())
@@ -109,3 +179,15 @@ def test_bench_routing_scores_pure():
     disjoint = torch.tensor([[5.0, 5.0, 0, 0], [0, 0, 3.0, 3.0]])
     assert top_k_share(disjoint, 2) == pytest.approx(1.0)
     assert normalized_mutual_information(disjoint) == pytest.approx(1.0)
+
+
+def test_bench_quality_resumes_from_its_outputs(quality, capsys):
+    """A re-run trains nothing and re-scores only what is missing (here one direction of one run)."""
+    before = json.loads((quality / "quality.json").read_text())["subsets"]["test"]
+    (quality / "scores" / "task-moe.s2" / "test" / "de-en.json").unlink()
+    capsys.readouterr()
+    after = load_script("quality").main(["--smoke", "--out", str(quality), "--jobs", "1"])["subsets"]["test"]
+    printed = capsys.readouterr().out
+    assert "starting" not in printed and "resuming" not in printed and printed.count("train ") == 8
+    assert printed.count("translating") == 1 and "[task-moe.s2 test 2/2] [1/1] de-en: translating" in printed
+    assert after["rows"] == before["rows"] and after["paired_bootstrap"] == before["paired_bootstrap"]
