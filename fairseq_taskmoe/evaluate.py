@@ -228,6 +228,7 @@ def paired_bootstrap(baseline, system, references, langs, names=("baseline", "sy
         return [tokenizers[lang](line) for line, lang in zip(lines, langs)]
 
     bleu_refs, bleu_sys = [tok(references)], [(names[0], tok(baseline)), (names[1], tok(system))]
+    per_segment = ",".join(sorted(f"{lang}={bleu_tokenizer(lang)}" for lang in set(langs)))
     out = {}
     for metric, refs, systems in (("BLEU", bleu_refs, bleu_sys),
                                   ("chrF", [list(references)], [(names[0], baseline), (names[1], system)])):
@@ -241,13 +242,11 @@ def paired_bootstrap(baseline, system, references, langs, names=("baseline", "sy
         # returns 1/(n+1), i.e. "significant". No difference was observed: p = 1.
         if list(baseline) == list(system) or (base.score == other.score and base.ci == other.ci == 0):
             p_value = 1.0
-        out[metric] = {names[0]: round(base.score, 2), names[1]: round(other.score, 2),
-                       "p_value": p_value, f"{names[0]}_mean": round(float(base.mean), 2),
-                       f"{names[0]}_ci95": round(float(base.ci), 2), f"{names[1]}_mean": round(float(other.mean), 2),
-                       f"{names[1]}_ci95": round(float(other.ci), 2),
-                       "signature": str(sigs[key]) + ("|tok-per-segment:" + ",".join(
-                           sorted({f"{l}={bleu_tokenizer(l)}" for l in set(langs)})) if metric == "BLEU" else ""),
-                       "segments": len(references)}
+        signature = str(sigs[key]) + (f"|tok-per-segment:{per_segment}" if metric == "BLEU" else "")
+        out[metric] = {names[0]: round(base.score, 2), names[1]: round(other.score, 2), "p_value": p_value,
+                       f"{names[0]}_mean": round(float(base.mean), 2), f"{names[0]}_ci95": round(float(base.ci), 2),
+                       f"{names[1]}_mean": round(float(other.mean), 2), f"{names[1]}_ci95": round(float(other.ci), 2),
+                       "signature": signature, "segments": len(references)}
     return out
 
 
