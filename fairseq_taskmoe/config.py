@@ -84,6 +84,13 @@ class MoEConfig(FairseqDataclass):
                   '{"encoder": {"1": {"experts": 3}}, "decoder": {"1": {"ffn_dim": 4096}}}; '
                   "empty means every --moe-freq-th layer has --moe-expert-count experts"},
     )
+    moe_gather_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "expert parallel (W > 1): gather every rank's experts and Adam moments to "
+                  "rank 0 and write one complete checkpoint, as with W = 1 (small models only); by "
+                  "default each rank writes its own experts-<set>-rank-<r>.pt beside fairseq's "
+                  "checkpoint_*.pt (docs/PARALLEL.md)"},
+    )
 
 
 def moe_config_from_args(args) -> MoEConfig:

@@ -32,8 +32,9 @@ def load_source(path: str) -> dict:
     if SHARD_NAME.search(os.path.basename(path)):
         return _merged_state(path)
     state = load_checkpoint_safely(path)
-    if isinstance(state, dict) and "expert_parallel" in state:
-        return _merged_state(path)
+    if isinstance(state, dict) and ("expert_parallel" in state or (
+            isinstance(state.get("model"), dict) and "_expert_shards" in state["model"])):
+        return _merged_state(path)  # a split shard, or the shared file of a sharded training save
     return state
 
 

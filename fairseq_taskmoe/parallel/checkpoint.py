@@ -1,25 +1,32 @@
-"""Expert tensors across ranks: gather to rank 0 for saving, slice on load.
+"""Expert tensors across ranks: who saves what, and loading at any world size.
 
-Checkpoint layout (see docs/PARALLEL.md): fairseq writes checkpoints on rank 0
-only, so before every save the experts of all ranks are gathered to rank 0
-and ``checkpoint_*.pt`` is a complete single-process checkpoint (all E experts
-in the model, all E experts' Adam moments in the optimizer state). Loading
-slices each rank's experts back out, for any world size that divides E.
+``ExpertParallelPlan`` is the one object that knows this process's share of
+the experts (rank, world size, the name of every expert param) and how they
+reach a checkpoint. It is built with the model (``sharding.py``); the
+``adam_ep`` optimizer finds it through ``param.expert_shard``.
 
-The gather is a collective, so it has to run on every rank. The only hook
-fairseq calls on every rank right before a save is
-``optimizer.consolidate_state_dict()`` (``Trainer.consolidate_optimizer``, the
-same hook fairscale's sharded OSS optimizer uses), hence ``--optimizer adam_ep``
-(``parallel/optimizer.py``). It leaves the gathered expert weights on each
-expert parameter (``_ep_gathered``, rank 0 only) for the model's state-dict
-hook below to pick up, once.
+Saving. fairseq writes checkpoints on rank 0 only; the one hook it calls on
+every rank right before is ``optimizer.consolidate_state_dict()``
+(``Trainer.consolidate_optimizer``, fairscale's OSS hook), hence
+``--optimizer adam_ep``. There, by default (W > 1), every rank writes its own
+experts and their Adam moments (``shards.py``) and rank 0's shared file only
+references them: no rank ever holds all experts. With ``--moe-gather-checkpoint``
+the experts and moments are gathered to rank 0 instead and the checkpoint is
+one complete single-process file (fine for small models).
+
+Loading, at any world size (W = 1 too, e.g. fairseq-generate): a model-level
+load pre-hook gives every MoE layer this rank's rows, either sliced from a
+complete checkpoint or read from the shard files that cover them.
 """
 
+import os
 from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from fairseq_taskmoe.parallel.shards import REF_KEY, ShardReader, resolve_shard_dir
 
 EXPERT_PARAM_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
 
@@ -34,17 +41,49 @@ def gather_dim0_to_rank0(t: Tensor, group=None):
 
 
 def slice_dim0(t: Tensor, rank: int, world: int, local_rows: int, what: str) -> Tensor:
-    """This rank's ``local_rows`` rows of a full (world*local_rows, ...) tensor.
-
-    Every rank reads the same file (fairseq loads on rank 0 and broadcasts), so
-    only complete checkpoints are accepted, never a per-rank piece.
-    """
+    """This rank's ``local_rows`` rows of a full (world*local_rows, ...) tensor."""
     if t.size(0) != local_rows * world:
         raise ValueError(
             f"{what}: checkpoint has {t.size(0)} experts, but this run has {local_rows} local "
             f"experts on each of {world} ranks ({local_rows * world} in all); check "
             "--moe-expert-count and --distributed-world-size")
     return t[rank * local_rows:(rank + 1) * local_rows].clone()
+
+
+class ExpertParallelPlan:
+    """This process's experts: rank, world size, names, and where checkpoints live."""
+
+    def __init__(self, rank: int, world: int, gather: bool, save_dir=None, load_dirs=()):
+        self.rank, self.world, self.gather = rank, world, gather
+        self.save_dir = save_dir
+        self.load_dirs = [d for d in load_dirs if d]
+        self.names = {}  # id(param) -> state-dict name
+        self.params = {}  # state-dict name -> param
+        self.pending_ref = None  # shard set written by the last consolidate (every rank)
+        self.reader = None  # shard set read by the last model load, reused by the optimizer
+
+    @property
+    def sharded_save(self) -> bool:
+        return self.world > 1 and not self.gather
+
+    def add(self, prefix: str, experts):
+        for n in EXPERT_PARAM_NAMES:
+            p = getattr(experts, n)
+            self.names[id(p)] = f"{prefix}.{n}"
+            self.params[f"{prefix}.{n}"] = p
+            p.expert_shard = self
+
+    def name_of(self, p) -> str:
+        return self.names[id(p)]
+
+    def rows(self, p):
+        """(lo, hi): the global expert rows this rank holds of param ``p``."""
+        return self.rank * p.size(0), (self.rank + 1) * p.size(0)
+
+    def reader_for(self, ref: dict, hints=()) -> ShardReader:
+        if self.reader is None or self.reader.ref["set_id"] != ref["set_id"]:
+            self.reader = ShardReader(ref, resolve_shard_dir(ref, [*hints, *self.load_dirs]))
+        return self.reader
 
 
 def gather_expert_params(params, group=None):
@@ -55,7 +94,9 @@ def gather_expert_params(params, group=None):
 
 
 def full_experts_state_dict_hook(module, state_dict, prefix, local_metadata):
-    """``StackedExperts`` state-dict post-hook: write all E experts, not the local ones."""
+    """``StackedExperts`` post-hook (--moe-gather-checkpoint): write all E experts."""
+    if getattr(module.fc1_weight, "expert_shard").sharded_save:
+        return
     for name in EXPERT_PARAM_NAMES:
         p = getattr(module, name)
         full = p.__dict__.pop("_ep_gathered", None)
@@ -68,16 +109,54 @@ def full_experts_state_dict_hook(module, state_dict, prefix, local_metadata):
         state_dict[prefix + name] = full.to(state_dict[prefix + name].dtype)
 
 
-def slice_experts_load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
-                            unexpected_keys, error_msgs, rank, world):
-    """``StackedExperts`` load pre-hook: keep this rank's rows of a full checkpoint."""
-    for name in EXPERT_PARAM_NAMES:
+def shared_state_dict_hook(module, state_dict, prefix, local_metadata, plan):
+    """Model post-hook (sharded save): drop expert tensors, reference this save's shard set."""
+    if not plan.sharded_save:
+        return
+    if plan.pending_ref is None:
+        raise RuntimeError(
+            "expert parallel: no shard set was written for this save. Each rank writes its experts "
+            "in optimizer.consolidate_state_dict() (fairseq-train: --optimizer adam_ep) before rank "
+            "0 saves; refusing to save a model without its experts.")
+    for name in plan.params:
+        state_dict.pop(prefix + name, None)
+    state_dict[prefix + REF_KEY] = dict(plan.pending_ref)
+
+
+def experts_load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                      unexpected_keys, error_msgs, plan):
+    """Model pre-hook: give every expert param this rank's rows, from a complete checkpoint
+    (slice) or from the shard files a shared checkpoint references."""
+    ref = state_dict.pop(prefix + REF_KEY, None)
+    reader = plan.reader_for(ref) if ref else None
+    for name, p in plan.params.items():
         key = prefix + name
-        if key in state_dict:
-            state_dict[key] = slice_dim0(state_dict[key], rank, world, module.num_experts, key)
+        lo, hi = plan.rows(p)
+        if reader is not None:
+            if key in state_dict:
+                raise ValueError(f"{key}: both in the shared checkpoint and in its expert shards")
+            state_dict[key] = reader.rows(lambda s, n=name: s["model"][n], lo, hi, key)
+        elif key in state_dict and plan.world > 1:
+            state_dict[key] = slice_dim0(state_dict[key], plan.rank, plan.world, p.size(0), key)
 
 
-def install_checkpoint_hooks(experts, rank: int, world: int):
-    experts.register_state_dict_post_hook(full_experts_state_dict_hook)
-    experts.register_load_state_dict_pre_hook(
-        partial(slice_experts_load_hook, rank=rank, world=world))
+def install_checkpoint_hooks(model, plan: ExpertParallelPlan, experts_modules):
+    """Load at any W; save sharded or gathered (the hooks read ``plan.gather`` when called)."""
+    model.register_load_state_dict_pre_hook(partial(experts_load_hook, plan=plan))
+    if plan.world > 1:
+        model.register_state_dict_post_hook(partial(shared_state_dict_hook, plan=plan))
+        for experts in experts_modules:
+            experts.register_state_dict_post_hook(full_experts_state_dict_hook)
+
+
+def load_dirs_from_args(args):
+    """Where shard files of a checkpoint being loaded may be: beside --restore-file /
+    --finetune-from-model, else --save-dir (fairseq's own resolution of checkpoint_last.pt)."""
+    dirs = []
+    for attr in ("restore_file", "finetune_from_model"):
+        path = getattr(args, attr, None)
+        if path and os.path.dirname(str(path)):
+            dirs.append(os.path.dirname(os.path.abspath(str(path))))
+    if getattr(args, "save_dir", None):
+        dirs.append(os.path.abspath(args.save_dir))
+    return dirs

@@ -1,8 +1,16 @@
 """``fairseq-taskmoe-merge-shards``: per-rank expert shards <-> one checkpoint.
 
-Expert-parallel training already writes complete checkpoints (all E experts,
-gathered to rank 0, see checkpoint.py), and resumes from them at any world
-size W that divides E. Shard sets are for moving or archiving per-rank pieces:
+Expert-parallel training (W > 1) writes sharded checkpoints: fairseq's
+``checkpoint_*.pt`` holds the shared part and names the per-rank
+``experts-<set>-rank-<r>.pt`` files beside it (shards.py). Every tool of the
+plugin, fairseq-generate and a resume at any W read such a checkpoint
+directly; ``merge`` turns it into one complete file when one is wanted:
+
+    fairseq-taskmoe-merge-shards merge checkpoint_last.pt [--out OUT]
+        -> one complete checkpoint (default: checkpoint_last.merged.pt)
+
+Complete checkpoints (W = 1, or --moe-gather-checkpoint) can also be cut into
+per-rank pieces for moving or archiving, and put back together:
 
     fairseq-taskmoe-merge-shards split CKPT --world-size W [--out-dir D]
         -> D/NAME.ep{r}-of-{W}.pt, each with its rank's E/W experts
@@ -24,8 +32,9 @@ import uuid
 
 import torch
 
+from fairseq_taskmoe.checkpoints import load_checkpoint_safely
 from fairseq_taskmoe.parallel.checkpoint import EXPERT_PARAM_NAMES
-from fairseq_taskmoe.safe_load import load_checkpoint_safely
+from fairseq_taskmoe.parallel.shards import REF_KEY, ShardReader, resolve_shard_dir, shard_ref
 
 SHARD_RE = re.compile(r"^(?P<stem>.+)\.ep(?P<rank>\d+)-of-(?P<world>\d+)\.pt$")
 
@@ -133,15 +142,56 @@ def shard_set_paths(path: str):
     return paths
 
 
+def load_checkpoint_state(path: str) -> dict:
+    """A fairseq checkpoint's state, or a clear error for anything else."""
+    state = load_checkpoint_safely(path)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        kind = type(state).__name__ if not isinstance(state, dict) else "a dict without 'model'"
+        raise ValueError(f"{path}: not a fairseq checkpoint (found {kind}; expected a dict whose "
+                         "'model' entry is the model's state dict)")
+    return state
+
+
+def is_sharded_checkpoint(state) -> bool:
+    """True for the shared file of a sharded expert-parallel save (its experts are beside it)."""
+    return isinstance(state, dict) and shard_ref(state.get("model")) is not None
+
+
+def merge_shared_state(state: dict, path: str) -> dict:
+    """Shared file of a sharded save + its ``experts-*-rank-*.pt`` -> one complete state."""
+    ref = shard_ref(state["model"])
+    reader = ShardReader(ref, resolve_shard_dir(ref, [os.path.dirname(os.path.abspath(path))]))
+    out = dict(state)
+    model = {k: v for k, v in state["model"].items() if k != REF_KEY}
+    for name in reader.names():
+        model[name] = reader.full_model(name)
+    out["model"] = model
+    opt = state.get("last_optimizer_state")
+    if isinstance(opt, dict) and REF_KEY in opt:
+        opt = {k: v for k, v in opt.items() if k != REF_KEY}
+        st = dict(opt["state"])
+        for i, name in opt.get("expert_param_names", {}).items():
+            saved = reader.shard(0)["optimizer_state"][name]
+            st[i] = {k: (torch.cat([reader.shard(r)["optimizer_state"][name][k]
+                                    for r in range(reader.world)], 0)
+                         if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in saved.items()}
+        opt["state"] = st
+        out["last_optimizer_state"] = opt
+    return out
+
+
 def load_merged_state(path: str):
-    """A complete checkpoint state dict (all E experts) from a checkpoint or any shard of a set.
+    """A complete checkpoint state dict (all E experts) from a checkpoint, the shared file of a
+    sharded save, or any shard of a split set.
 
     This is what ``torch.load`` of a single-process checkpoint returns.
     """
-    state = load_checkpoint_safely(path)
+    state = load_checkpoint_state(path)
+    if is_sharded_checkpoint(state):
+        return merge_shared_state(state, path)
     if "expert_parallel" not in state:
         return state
-    return merge_states([state] + [load_checkpoint_safely(p) for p in shard_set_paths(path)
+    return merge_states([state] + [load_checkpoint_state(p) for p in shard_set_paths(path)
                                    if os.path.abspath(p) != os.path.abspath(path)])
 
 
@@ -171,7 +221,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge", help="shard set -> one checkpoint")
-    m.add_argument("shard", help="any shard of the set (NAME.ep<r>-of-<W>.pt)")
+    m.add_argument("shard", help="any shard of a split set (NAME.ep<r>-of-<W>.pt), or the "
+                                 "checkpoint_*.pt of a sharded training save")
     m.add_argument("--out", help="output checkpoint (default: NAME.pt beside the shards)")
     s = sub.add_parser("split", help="one checkpoint -> W shards")
     s.add_argument("checkpoint")
@@ -185,13 +236,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.cmd == "merge":
         sm = SHARD_RE.match(os.path.basename(args.shard))
-        out = args.out or (os.path.join(os.path.dirname(args.shard), sm["stem"] + ".pt")
-                           if sm else None)
-        if out is None:
-            raise ValueError(f"{args.shard}: not a shard name (expected NAME.ep<rank>-of-<world>.pt)")
+        if sm is None:  # the shared file of a sharded training save
+            out = args.out or os.path.splitext(args.shard)[0] + ".merged.pt"
+            if os.path.exists(out) and not args.force:
+                raise FileExistsError(f"{out} exists; pass --force to overwrite")
+            state = load_checkpoint_state(args.shard)
+            if not is_sharded_checkpoint(state):
+                raise ValueError(f"{args.shard}: neither a shard (NAME.ep<rank>-of-<world>.pt) nor "
+                                 "a sharded training checkpoint; a complete checkpoint needs no merge")
+            merged = merge_shared_state(state, args.shard)
+            atomic_save(_drop_optimizer(merged) if args.drop_optimizer_state else merged, out,
+                        args.force)
+            print(out)
+            return
+        out = args.out or os.path.join(os.path.dirname(args.shard), sm["stem"] + ".pt")
         if os.path.exists(out) and not args.force:  # before the (slow) load
             raise FileExistsError(f"{out} exists; pass --force to overwrite")
-        shards = [load_checkpoint_safely(p) for p in shard_set_paths(args.shard)]
+        shards = [load_checkpoint_state(p) for p in shard_set_paths(args.shard)]
         if args.drop_optimizer_state:
             shards = [_drop_optimizer(x) for x in shards]
         atomic_save(merge_states(shards), out, args.force)
@@ -205,9 +266,9 @@ def main(argv=None):
         existing = [o for o in outs if os.path.exists(o)]
         if existing and not args.force:
             raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite")
-        state = load_checkpoint_safely(args.checkpoint)
-        if "expert_parallel" in state:
-            raise ValueError(f"{args.checkpoint} is already a shard; merge it first")
+        state = load_checkpoint_state(args.checkpoint)
+        if "expert_parallel" in state or is_sharded_checkpoint(state):
+            raise ValueError(f"{args.checkpoint} is already sharded; merge it first")
         if args.drop_optimizer_state:
             state = _drop_optimizer(state)
         for shard, out in zip(split_state(state, args.world_size), outs):

@@ -1,16 +1,18 @@
 """``--optimizer adam_ep``: fairseq's Adam, aware of expert-sharded params.
 
-Three things differ from ``--optimizer adam`` (the update itself is the same,
+What differs from ``--optimizer adam`` (the update itself is the same,
 fairseq's reference ``Adam``; fused Adam is not used):
 
 - ``consolidate_state_dict()``: fairseq calls it on every rank right before
-  rank 0 writes a checkpoint. It gathers every expert param and its Adam
-  moments to rank 0, so the checkpoint holds all E experts (checkpoint.py).
-- ``load_state_dict()`` keeps this rank's rows of full expert moments.
+  rank 0 writes a checkpoint. With W > 1 each rank writes its experts and their
+  Adam moments to its own shard file (``shards.py``), or, with
+  ``--moe-gather-checkpoint``, gathers them to rank 0 (``checkpoint.py``).
+- ``state_dict()`` leaves the experts' moments out of the shared file (sharded
+  save) and names every expert entry; ``load_state_dict()`` takes this rank's
+  rows from a complete checkpoint or from the shard files, at any world size.
 - ``clip_grad_norm()``: the norm counts every expert once,
   ``sqrt(|g_dense|^2 + sum over ranks |g_local_experts|^2)``, the same value
-  on every rank and for any world size. (fairseq's ``clip_grad_norm_`` leaves
-  ``expert`` params out of the norm altogether and only scales them.)
+  on every rank and for any world size.
 """
 
 from dataclasses import dataclass
@@ -21,27 +23,54 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 
 from fairseq_taskmoe.parallel.checkpoint import gather_dim0_to_rank0, gather_expert_params, slice_dim0
+from fairseq_taskmoe.parallel.shards import (
+    REF_KEY, ShardReader, collect_garbage, new_set_id, resolve_shard_dir, write_shard,
+)
 
 
 def _shard(p):
+    """The ``ExpertParallelPlan`` of an expert param (any W), else None."""
     return getattr(p, "expert_shard", None)
 
 
-class ExpertParallelAdam(Adam):
-    """fairseq ``Adam`` whose state dict holds all ranks' expert moments on rank 0."""
+def _sharded(p):
+    plan = _shard(p)
+    return plan is not None and plan.world > 1
 
-    _full_expert_state = None  # {(param index, state key): full tensor}, rank 0, after consolidate
+
+class ExpertParallelAdam(Adam):
+    """fairseq ``Adam`` whose checkpoints hold every rank's expert moments exactly once."""
+
+    _full_expert_state = None  # {(param index, state key): full tensor}, rank 0, after a gather
 
     def _indexed_params(self):
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _plan(self):
+        return next((_shard(p) for p in self._indexed_params() if _shard(p) is not None), None)
+
     def consolidate_state_dict(self):
-        """Collective, on every rank: gather expert params and moments to rank 0."""
+        """Collective, on every rank: write this rank's expert shard, or gather to rank 0."""
+        plan = self._plan()
+        if plan is None or plan.world == 1:
+            return
         params = self._indexed_params()
-        if not any(_shard(p) for p in params):
+        if plan.sharded_save:
+            if not plan.save_dir:
+                raise RuntimeError("expert parallel: no --save-dir known to write expert shards to")
+            experts = [p for p in params if _shard(p) is plan]
+            steps = [self.state.get(p, {}).get("step") for p in experts]
+            set_id = new_set_id()
+            ref = write_shard(plan.save_dir, set_id, plan.rank, plan.world,
+                              {plan.name_of(p): p.data for p in experts},
+                              {plan.name_of(p): dict(self.state.get(p, {})) for p in experts},
+                              num_updates=int(steps[0]) if steps and steps[0] is not None else None)
+            dist.barrier()  # every shard is on disk before rank 0 writes the file that names them
+            plan.pending_ref = ref
+            collect_garbage(plan.save_dir, plan.rank, keep=set_id)
             return
         gather_expert_params(params)
-        keys = [(i, k) for i, p in enumerate(params) if _shard(p)
+        keys = [(i, k) for i, p in enumerate(params) if _sharded(p)
                 for k, v in sorted(self.state.get(p, {}).items())
                 if torch.is_tensor(v) and v.shape == p.shape]
         # Every rank must enter the same gathers in the same order.
@@ -56,16 +85,28 @@ class ExpertParallelAdam(Adam):
     def state_dict(self):
         sd = super().state_dict()
         params = self._indexed_params()
-        # Which entries are experts, for fairseq-taskmoe-merge-shards (shapes alone are
-        # ambiguous: a router's (E, D) gate looks like an (E, D) expert bias).
-        sd["expert_param_indices"] = [i for i, p in enumerate(params) if hasattr(p, "expert")]
-        if not any(_shard(p) for p in params):
+        plan = self._plan()
+        # Which entries are experts, for fairseq-taskmoe-merge-shards and sharded loads (shapes
+        # alone are ambiguous: a router's (E, D) gate looks like an (E, D) expert bias).
+        sd["expert_param_indices"] = [i for i, p in enumerate(params) if _shard(p) is not None]
+        sd["expert_param_names"] = {i: plan.name_of(p) for i, p in enumerate(params)
+                                    if _shard(p) is not None}
+        if plan is None or plan.world == 1:
+            return sd
+        state = dict(sd["state"])
+        if plan.sharded_save:
+            if plan.pending_ref is None:
+                raise RuntimeError("expert parallel: the optimizer state holds only this rank's "
+                                   "experts; consolidate_state_dict() must run on all ranks first")
+            for i in sd["expert_param_indices"]:
+                state.pop(i, None)  # in the shard files
+            sd["state"] = state
+            sd[REF_KEY] = dict(plan.pending_ref)
             return sd
         full, self._full_expert_state = self._full_expert_state, None
         if full is None:
             raise RuntimeError("expert parallel: the optimizer state holds only this rank's "
                                "experts; consolidate_state_dict() must run on all ranks first")
-        state = dict(sd["state"])
         for (i, k), t in full.items():
             state[i] = dict(state[i])  # copy: sd["state"][i] is the live state dict
             state[i][k] = t
@@ -75,32 +116,52 @@ class ExpertParallelAdam(Adam):
     def load_state_dict(self, state_dict):
         params = self._indexed_params()
         state = dict(state_dict["state"])
-        for i, p in enumerate(params):
-            shard = _shard(p)
-            if shard is None or i not in state:
-                continue
-            state[i] = {k: (slice_dim0(v, shard[0], shard[1], p.size(0), f"optimizer state {k}")
-                            if torch.is_tensor(v) and v.dim() > 0 and v.shape[1:] == p.shape[1:]
-                            else v)
-                        for k, v in state[i].items()}
-        state_dict = {k: v for k, v in state_dict.items() if k != "expert_param_indices"}
+        ref = state_dict.get(REF_KEY)
+        names = state_dict.get("expert_param_names", {})
+        plan = self._plan()
+        if ref is not None:
+            # Sharded checkpoint: each expert entry's moments come from the shard files.
+            reader = (plan.reader_for(ref) if plan is not None
+                      else ShardReader(ref, resolve_shard_dir(ref, [])))
+            for i, name in names.items():
+                p = params[i]
+                lo, hi = plan.rows(p) if _shard(p) is not None else (0, p.size(0))
+                saved = reader.shard(0)["optimizer_state"][name]
+                state[i] = {k: (reader.rows(lambda s, n=name, k=k: s["optimizer_state"][n][k], lo, hi,
+                                            f"optimizer state {name}.{k}")
+                                if torch.is_tensor(v) and v.dim() > 0 else v)
+                            for k, v in saved.items()}
+        else:
+            for i, p in enumerate(params):
+                if not _sharded(p) or i not in state:
+                    continue
+                plan_p = _shard(p)
+                state[i] = {k: (slice_dim0(v, plan_p.rank, plan_p.world, p.size(0),
+                                           f"optimizer state {k}")
+                                if torch.is_tensor(v) and v.dim() > 0 and v.shape[1:] == p.shape[1:]
+                                else v)
+                            for k, v in state[i].items()}
+        state_dict = {k: v for k, v in state_dict.items()
+                      if k not in ("expert_param_indices", "expert_param_names", REF_KEY)}
         super().load_state_dict({**state_dict, "state": state})
 
 
 @torch.no_grad()
 def clip_grad_norm_expert_parallel(params, max_norm, aggregate_norm_fn=None):
     """Global grad norm with each expert counted once; clips all grads in place."""
+    params = list(params)
+    any_sharded = any(_sharded(p) for p in params)  # the same on every rank, grads or not
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.tensor(0.0)
-    dense = [p.grad for p in params if not hasattr(p, "expert")]
-    expert = [p.grad for p in params if hasattr(p, "expert")]
+    dense = [p.grad for p in params if not _sharded(p)]
+    expert = [p.grad for p in params if _sharded(p)]
     zero = params[0].grad.new_zeros((), dtype=torch.float32)
     dense_sq = sum((g.float().norm() ** 2 for g in dense), zero)
     if aggregate_norm_fn is not None:  # fairseq passes one for FSDP only
         dense_sq = aggregate_norm_fn(dense_sq.sqrt()) ** 2
     expert_sq = sum((g.float().norm() ** 2 for g in expert), zero.clone())
-    if any(_shard(p) for p in params):
+    if any_sharded:
         dist.all_reduce(expert_sq)  # each rank holds different experts
     total = (dense_sq + expert_sq).sqrt()
     if max_norm > 0:

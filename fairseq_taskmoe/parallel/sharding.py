@@ -20,7 +20,9 @@ import torch.distributed as dist
 
 from fairseq_taskmoe.moe.layer import MoELayer
 from fairseq_taskmoe.parallel.all_to_all import ExpertParallelRun
-from fairseq_taskmoe.parallel.checkpoint import EXPERT_PARAM_NAMES, install_checkpoint_hooks
+from fairseq_taskmoe.parallel.checkpoint import (
+    EXPERT_PARAM_NAMES, ExpertParallelPlan, install_checkpoint_hooks, load_dirs_from_args,
+)
 
 # fairseq's wrappers that skip the all-reduce of params tagged `expert`. c10d /
 # pytorch_ddp would average different experts' grads across ranks.
@@ -59,9 +61,12 @@ def check_training_args(args, world: int):
                          "skips the all-rank hook that gathers experts for the checkpoint")
     if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(
             args, "memory_efficient_fp16", False) and not getattr(args, "memory_efficient_bf16", False):
-        raise ValueError("expert parallel with --fp16/--bf16 needs --memory-efficient-fp16/"
-                         "--memory-efficient-bf16 (fairseq's flat fp32 master copy loses the "
-                         "expert tags the checkpoint gather relies on)")
+        flag = "--bf16" if getattr(args, "bf16", False) else "--fp16"
+        raise ValueError(f"expert parallel does not support {flag} (fairseq's fp32 master copy of "
+                         "the params is a separate tensor per param, or one flat tensor, that the "
+                         "expert-parallel optimizer cannot map back to the sharded experts); use "
+                         f"--memory-efficient-{flag[2:]} (same compute dtype, fp32 optimizer maths) "
+                         "or --amp")
 
 
 def shard_moe_layer(moe: MoELayer, rank: int, world: int):
@@ -75,22 +80,41 @@ def shard_moe_layer(moe: MoELayer, rank: int, world: int):
     for name in EXPERT_PARAM_NAMES:
         p = getattr(experts, name)
         p.data = p.data[rank * n_local:(rank + 1) * n_local].clone()
-        p.expert_shard = (rank, world)  # static tag, read by the adam_ep optimizer
         p.register_hook(lambda g, w=world: g / w)  # see the module docstring
     experts.num_experts = n_local
-    install_checkpoint_hooks(experts, rank, world)
     moe.expert_fn = ExpertParallelRun(experts)
 
 
+def untag_experts(experts):
+    """W = 1: experts are ordinary params. fairseq's ``clip_grad_norm_`` leaves params tagged
+    ``expert`` out of the grad norm (it only scales them), so a single-process run with
+    ``--clip-norm`` would clip on the dense params alone; the tag is only needed to keep
+    sharded experts out of the data-parallel all-reduce."""
+    for name in EXPERT_PARAM_NAMES:
+        p = getattr(experts, name)
+        if hasattr(p, "expert"):
+            del p.expert
+
+
 def shard_experts_for_expert_parallel(model, args=None):
-    """Shard every MoE layer of ``model`` when distributed with W > 1; no-op otherwise."""
+    """Shard every MoE layer of ``model`` when distributed with W > 1.
+
+    At any W, attaches the ``ExpertParallelPlan`` (names of expert params and
+    checkpoint hooks), so a W = 1 model loads a sharded checkpoint too.
+    """
     world = expert_parallel_world()
-    if world is None:
-        return model
-    rank, size = world
-    if args is not None:
+    rank, size = world or (0, 1)
+    if world is not None and args is not None:
         check_training_args(args, size)
-    for module in model.modules():
-        if isinstance(module, MoELayer):
-            shard_moe_layer(module, rank, size)
+    plan = ExpertParallelPlan(rank, size, gather=bool(getattr(args, "moe_gather_checkpoint", False)),
+                              save_dir=getattr(args, "save_dir", None),
+                              load_dirs=load_dirs_from_args(args) if args is not None else ())
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
+    for name, moe in layers:
+        if world is None:
+            untag_experts(moe.experts)
+        else:
+            shard_moe_layer(moe, rank, size)
+        plan.add(f"{name}.experts" if name else "experts", moe.experts)
+    install_checkpoint_hooks(model, plan, [moe.experts for _, moe in layers])
     return model

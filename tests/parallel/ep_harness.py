@@ -8,6 +8,7 @@ average of non-expert grads over ranks, then every grad times W / sample_size
 
 import os
 import socket
+from argparse import Namespace
 
 import torch
 import torch.distributed as dist
@@ -57,9 +58,14 @@ def global_batch():
     return tokens, targets, pad, task_ids
 
 
-def build(seed=0):
+def build(seed=0, save_dir=None, gather=True):
     torch.manual_seed(seed)
-    return shard_experts_for_expert_parallel(TinyMoE())
+    args = Namespace(save_dir=save_dir and str(save_dir), moe_gather_checkpoint=gather)
+    return shard_experts_for_expert_parallel(TinyMoE(), args)
+
+
+def plan_of(model):
+    return model.moes[0].experts.fc1_weight.expert_shard
 
 
 def train_step(model, opt, rank, world, clip=0.05, parts=2):
@@ -83,7 +89,7 @@ def train_step(model, opt, rank, world, clip=0.05, parts=2):
         logits, stats = model(tokens[:, cols], pad[cols], task_ids[cols])
         keep = ~pad[cols].t()
         n = keep.sum().float()
-        loss = F.cross_entropy(logits[keep], targets[:, cols][keep], reduction="sum")
+        loss = F.cross_entropy(logits[keep].float(), targets[:, cols][keep], reduction="sum")
         aux = torch.stack([st.aux_loss for st in stats]).mean()
         (loss + 0.01 * n * aux).backward()  # the criterion's aux term, per forward call
         loss_sum += loss.detach()
@@ -115,9 +121,14 @@ def full(name, t, world):
     return gather_dim0_to_rank0(t)
 
 
-def run_step(rank, world, out_path):
-    """One step; rank 0 saves loss, norm, grads and params (all experts) to out_path."""
-    model = build()
+def run_step(rank, world, out_dir):
+    """One step; rank 0 saves loss, norm, grads and params (all experts) to out_dir/result.pt.
+
+    With W > 1 the state is saved both ways: gathered to rank 0 (``model_sd``,
+    ``opt_sd``: complete) and sharded (``shared_model_sd``, ``shared_opt_sd``
+    reference ``out_dir/ckpt/experts-*-rank-<r>.pt``, one file per rank).
+    """
+    model = build(save_dir=out_dir / "ckpt")
     opt = ExpertParallelAdam(model.parameters(), lr=0.01)
     loss, norm, grads, moe = train_step(model, opt, rank, world)
     result = {"loss": loss, "norm": norm, "moe": moe,
@@ -128,8 +139,28 @@ def run_step(rank, world, out_path):
     if rank == 0:
         result["model_sd"] = model.state_dict()
         result["opt_sd"] = opt.state_dict()
-        torch.save(result, out_path)
+    if world > 1:  # the sharded checkpoint path: every rank writes its experts
+        plan_of(model).gather = False
+        opt.consolidate_state_dict()
+        if rank == 0:
+            result["shared_model_sd"] = model.state_dict()
+            result["shared_opt_sd"] = opt.state_dict()
+        plan_of(model).gather = True
+    if rank == 0:
+        torch.save(result, out_dir / "result.pt")
     return model, opt
+
+
+def train_losses(rank, world, steps, dtype=torch.float32):
+    """Losses of ``steps`` updates with the model's params in ``dtype`` (bf16: what
+    --memory-efficient-bf16 does: half params and grads, fp32 Adam maths and moments)."""
+    model = build().to(dtype)
+    opt = ExpertParallelAdam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(steps):
+        model.zero_grad()
+        losses.append(float(train_step(model, opt, rank, world, clip=1.0)[0]))
+    return losses
 
 
 def free_port():
