@@ -1,9 +1,12 @@
 """End to end on 2 CPU processes (gloo) with the real CLIs: fairseq-train writes
-all E experts, a stopped run resumes to the same state as an uninterrupted
-one, merge/split round-trips, fairseq-generate decodes the checkpoint, and bad
-configurations fail early with clear messages."""
+sharded checkpoints (each rank its experts), a stopped run resumes from them to
+the same state as an uninterrupted one, fairseq-generate decodes the shard set
+at W = 1 exactly like the merged checkpoint, merge/split round-trip, and bad
+configurations or files fail early with clear messages."""
 
 import os
+import re
+import shlex
 import subprocess
 
 import pytest
@@ -12,7 +15,9 @@ import torch
 from parallel.ep_harness import free_port
 from taskmoe_testlib import BIN, N_EVAL, multilingual_task_args, run_cli, train_args
 
+from fairseq_taskmoe.checkpoints import load_source
 from fairseq_taskmoe.parallel.merge import load_merged_state, main as merge_main
+from fairseq_taskmoe.parallel.shards import REF_KEY
 from fairseq_taskmoe.parallel.sharding import check_training_args
 
 EP_FLAGS = ["--optimizer", "adam_ep", "--cpu", "--distributed-backend", "gloo",
@@ -36,36 +41,110 @@ def train_2ranks(data, save_dir, max_update, extra=(), check=True):
     return rcs, logs
 
 
+def train_2ranks_torchrun(data, save_dir, max_update, extra=()):
+    """The same through torchrun on CPU: fairseq's own inference of torchrun's variables divides
+    by the CUDA device count, so the init method is given and the rank comes from $RANK."""
+    args = [*multilingual_task_args(data), *train_args(save_dir, max_update, extra), *EP_FLAGS,
+            "--distributed-init-method", "env://"]
+    train = " ".join(shlex.quote(str(a)) for a in [BIN / "fairseq-train", *args])
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "--no-python", "bash", "-c",
+         f"exec {train} --distributed-rank $RANK"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        raise AssertionError(f"torchrun fairseq-train failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return [proc.returncode], [proc.stdout]
+
+
 @pytest.fixture(scope="module")
 def ep_runs(toy_data, tmp_path_factory):
+    """resumed: sharded saves, stopped at 3 updates and resumed to 6 from the shard files;
+    straight: 6 updates without a stop, launched by torchrun, saved with --moe-gather-checkpoint
+    (one complete file)."""
     root = tmp_path_factory.mktemp("ep")
     train_2ranks(toy_data, root / "resumed", 3)
-    first = torch.load(root / "resumed" / "checkpoint_last.pt", weights_only=True)
-    train_2ranks(toy_data, root / "resumed", 6)  # picks up checkpoint_last.pt
-    train_2ranks(toy_data, root / "straight", 6)
-    return root, first
+    first = load_merged_state(str(root / "resumed" / "checkpoint_last.pt"))
+    train_2ranks(toy_data, root / "resumed", 6)  # picks up checkpoint_last.pt and its shards
+    _, logs = train_2ranks_torchrun(toy_data, root / "straight", 6, extra=["--moe-gather-checkpoint"])
+    return root, first, logs
 
 
-def test_checkpoint_holds_all_experts(ep_runs):
-    _, state = ep_runs
-    experts = {k: v for k, v in state["model"].items() if ".experts." in k}
+def test_sharded_checkpoint_layout(ep_runs):
+    root, first, _ = ep_runs
+    ckpt_dir = root / "resumed"
+    shared = torch.load(ckpt_dir / "checkpoint_last.pt", weights_only=True)
+    assert not any(".experts." in k for k in shared["model"]), "experts must stay out of rank 0's file"
+    ref = shared["model"][REF_KEY]
+    assert ref["world_size"] == 2 and all((ckpt_dir / f).is_file() for f in ref["files"])
+    opt = shared["last_optimizer_state"]
+    assert opt["expert_param_indices"] and not set(opt["state"]) & set(opt["expert_param_indices"])
+    # Shard sets no checkpoint references are collected at the next save; the set the
+    # previous checkpoint_last.pt used is only unreferenced once the last save is in place.
+    live = {torch.load(p, weights_only=True)["model"][REF_KEY]["set_id"]
+            for p in ckpt_dir.glob("checkpoint*.pt")}
+    on_disk = {f.name.split("-")[1] for f in ckpt_dir.glob("experts-*-rank-*.pt")}
+    assert live <= on_disk and len(on_disk - live) <= 1, (on_disk, live)
+    assert len(list(ckpt_dir.glob("experts-*-rank-*.pt"))) == 2 * len(on_disk)
+    # The state at 3 updates merged back: all E experts and their moments.
+    experts = {k: v for k, v in first["model"].items() if ".experts." in k}
     assert experts and all(v.size(0) == 4 for v in experts.values())  # tiny arch: E = 4
-    opt = state["last_optimizer_state"]
+    opt = first["last_optimizer_state"]
     for i in opt["expert_param_indices"]:
         assert opt["state"][i]["exp_avg"].size(0) == 4
 
 
-def test_resume_continues_from_the_same_state(ep_runs):
-    root, _ = ep_runs
-    resumed = torch.load(root / "resumed" / "checkpoint_last.pt", weights_only=True)
+def test_gathered_checkpoint_holds_all_experts(ep_runs):
+    root, _, _ = ep_runs
+    state = torch.load(root / "straight" / "checkpoint_last.pt", weights_only=True)
+    experts = {k: v for k, v in state["model"].items() if ".experts." in k}
+    assert experts and all(v.size(0) == 4 for v in experts.values())
+    assert not list((root / "straight").glob("experts-*"))
+
+
+def test_all_to_all_sends_exactly_the_routed_rows(ep_runs):
+    """Rows handed to the all-to-all / rows routed, logged per side: 1.0 (no padding)."""
+    *_, logs = ep_runs
+    for side in ("enc", "dec"):
+        ratios = re.findall(rf"moe_{side}_a2a_ratio=([0-9.]+)", logs[0])
+        assert len(ratios) >= 6 and all(float(r) == 1.0 for r in ratios), (side, ratios)
+
+
+def test_resume_from_shards_continues_from_the_same_state(ep_runs):
+    root, _, _ = ep_runs
+    resumed = load_merged_state(str(root / "resumed" / "checkpoint_last.pt"))
     straight = torch.load(root / "straight" / "checkpoint_last.pt", weights_only=True)
     assert resumed["optimizer_history"][-1]["num_updates"] == 6
     for k, v in straight["model"].items():
         torch.testing.assert_close(resumed["model"][k], v, msg=k)
+    opt_r, opt_s = resumed["last_optimizer_state"], straight["last_optimizer_state"]
+    for i in opt_s["expert_param_indices"]:
+        for k in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt_r["state"][i][k], opt_s["state"][i][k], msg=f"{i}.{k}")
 
 
-def test_split_merge_generate(ep_runs, toy_data, tmp_path):
-    root, _ = ep_runs
+def _generate(toy_data, path):
+    out = run_cli("fairseq-generate", [
+        *multilingual_task_args(toy_data), "--source-lang", "en", "--target-lang", "de",
+        "--path", path, "--beam", "2", "--max-tokens", "400", "--cpu", "--gen-subset", "test"])
+    hyps = sorted(line for line in out.stdout.splitlines() if line.startswith("H-"))
+    assert len(hyps) == N_EVAL
+    return hyps
+
+
+def test_shard_set_decodes_at_w1_like_the_merged_checkpoint(ep_runs, toy_data, tmp_path):
+    root, _, _ = ep_runs
+    shared = root / "resumed" / "checkpoint_last.pt"
+    merge_main(["merge", str(shared), "--out", str(tmp_path / "merged.pt")])
+    merged = torch.load(tmp_path / "merged.pt", weights_only=True)
+    assert REF_KEY not in merged["model"]
+    assert load_source(str(shared))["model"].keys() == merged["model"].keys()  # plugin tools' loader
+    assert _generate(toy_data, shared) == _generate(toy_data, tmp_path / "merged.pt")
+
+
+def test_split_merge_round_trip(ep_runs, tmp_path):
+    root, _, _ = ep_runs
     ckpt = root / "straight" / "checkpoint_last.pt"
     merge_main(["split", str(ckpt), "--world-size", "2", "--out-dir", str(tmp_path)])
     shard1 = tmp_path / "checkpoint_last.ep1-of-2.pt"
@@ -76,16 +155,21 @@ def test_split_merge_generate(ep_runs, toy_data, tmp_path):
     for k, v in original["model"].items():
         assert torch.equal(merged["model"][k], v), k
     merge_main(["merge", str(shard1)])
-    out = run_cli("fairseq-generate", [
-        *multilingual_task_args(toy_data), "--source-lang", "en", "--target-lang", "de",
-        "--path", tmp_path / "checkpoint_last.pt", "--beam", "2", "--max-tokens", "400", "--cpu",
-        "--gen-subset", "test"])
-    assert sum(line.startswith("H-") for line in out.stdout.splitlines()) == N_EVAL
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+
+
+@pytest.mark.parametrize("obj, found", [([1, 2], "found list"), ({"cfg": {}}, "without 'model'")])
+def test_split_refuses_what_is_not_a_checkpoint(tmp_path, obj, found):
+    torch.save(obj, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=f"x.pt: not a fairseq checkpoint.*{found}"):
+        merge_main(["split", str(tmp_path / "x.pt"), "--world-size", "2"])
+    with pytest.raises(ValueError, match="not a fairseq checkpoint"):
+        merge_main(["merge", str(tmp_path / "x.pt")])
 
 
 def test_bad_shard_sets_refused(ep_runs, tmp_path):
-    root, _ = ep_runs
-    for run, out in (("straight", tmp_path / "a"), ("resumed", tmp_path / "b")):
+    root, _, _ = ep_runs
+    for run, out in (("straight", tmp_path / "a"), ("straight", tmp_path / "b")):
         merge_main(["split", str(root / run / "checkpoint_last.pt"), "--world-size", "2",
                     "--out-dir", str(out)])
     os.replace(tmp_path / "b" / "checkpoint_last.ep1-of-2.pt",
@@ -95,6 +179,14 @@ def test_bad_shard_sets_refused(ep_runs, tmp_path):
     os.remove(tmp_path / "a" / "checkpoint_last.ep1-of-2.pt")
     with pytest.raises(FileNotFoundError, match="incomplete shard set"):
         merge_main(["merge", str(tmp_path / "a" / "checkpoint_last.ep0-of-2.pt")])
+    # A sharded training checkpoint whose shard files are gone: a clear error naming them.
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes((root / "resumed" / "checkpoint_last.pt").read_bytes())
+    state = torch.load(moved, weights_only=True)
+    state["model"][REF_KEY]["dir"] = str(tmp_path / "nowhere")
+    torch.save(state, moved)
+    with pytest.raises(FileNotFoundError, match="expert shards of checkpoint set .* not found"):
+        load_merged_state(str(moved))
 
 
 def test_experts_not_divisible_by_world_size_fails_early(toy_data, tmp_path):
@@ -108,7 +200,8 @@ def test_experts_not_divisible_by_world_size_fails_early(toy_data, tmp_path):
     ({"ddp_backend": "pytorch_ddp"}, "--ddp-backend"),
     ({"optimizer": "adam"}, "--optimizer"),
     ({"no_save_optimizer_state": True}, "--no-save-optimizer-state"),
-    ({"fp16": True}, "--memory-efficient-fp16"),
+    ({"fp16": True}, "does not support --fp16.*--memory-efficient-fp16"),
+    ({"bf16": True}, "does not support --bf16.*--memory-efficient-bf16"),
     ({"load_checkpoint_on_all_dp_ranks": False}, "--load-checkpoint-on-all-dp-ranks"),
 ])
 def test_unsafe_training_flags_refused(flags, message):
