@@ -47,7 +47,13 @@ class MoEConfig(FairseqDataclass):
         metadata={"help": "comma-separated task names in gate order; filled from --lang-pairs by the "
                   "translation_multi_simple_epoch_taskmoe task, stored in the checkpoint; resuming or "
                   "fine-tuning keeps the checkpoint's list (rows matched by name, a task the "
-                  "checkpoint lacks is an error)"},
+                  "checkpoint lacks is an error unless --moe-new-tasks)"},
+    )
+    moe_new_tasks: bool = field(
+        default=False,
+        metadata={"help": "fine-tuning with a fresh optimizer (--finetune-from-model or "
+                  "--reset-optimizer): tasks of --lang-pairs that the checkpoint lacks get new "
+                  "task-gate rows after the checkpoint's, initialised as at the start of training"},
     )
     moe_capacity_factor: float = field(
         default=1.25,

@@ -31,6 +31,10 @@ ROUTINGS = ("token", "sentence", "sentence-pooled", "task")
 
 @with_incremental_state
 class Router(nn.Module):
+    # --moe-new-tasks (set by the task when fine-tuning adds tasks): a checkpoint's
+    # task gate with fewer rows loads into the first rows, the rest keep their init.
+    allow_new_task_rows = False
+
     def __init__(self, routing, embed_dim, num_experts, num_tasks=0, causal=False, gate_fp32=True):
         super().__init__()
         if routing not in ROUTINGS:
@@ -53,6 +57,15 @@ class Router(nn.Module):
             self.wg = nn.Linear(embed_dim, num_experts, bias=False)
         else:
             self.wg = nn.Linear(embed_dim, num_experts, bias=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "task_gate.weight"
+        if self.allow_new_task_rows and self.routing == "task" and key in state_dict:
+            old, new = state_dict[key], self.task_gate.weight  # (N_old, E), (N, E)
+            if old.dim() == 2 and old.size(1) == new.size(1) and old.size(0) < new.size(0):
+                fresh = new.detach()[old.size(0):].to(device=old.device, dtype=old.dtype)
+                state_dict[key] = torch.cat([old, fresh], 0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _gate(self, x):
         if self.gate_fp32:

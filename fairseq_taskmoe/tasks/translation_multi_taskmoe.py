@@ -26,6 +26,7 @@ from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
 from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, validate_training
+from fairseq_taskmoe.moe.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,17 @@ def restore_checkpoint_path(args):
     return getattr(args, "continue_once", None) or getattr(args, "finetune_from_model", None)
 
 
-def resolve_task_names(task_by, pair_names, given, ckpt_names, ckpt_task_by, ckpt_path):
+def resolve_task_names(task_by, pair_names, given, ckpt_names, ckpt_task_by, ckpt_path,
+                       new_tasks=False, fresh_optimizer=False):
     """Gate order of a model that starts from a checkpoint (or from scratch: ``ckpt_names`` None).
 
     The checkpoint's order wins: row i of a task gate was trained for its i-th
     task, so tasks are matched to rows by *name*. A task of ``--lang-pairs`` that
     the checkpoint has no row for, a different ``--moe-task-by`` or an explicit
     ``--moe-task-names`` other than the checkpoint's is an error, never a silent
-    re-assignment of rows.
+    re-assignment of rows. With ``new_tasks`` (``--moe-new-tasks``) the missing
+    tasks get rows after the checkpoint's; that needs a fresh optimizer, whose
+    state would otherwise have the old gate shape.
     """
     if ckpt_names is None:
         return given or pair_names
@@ -92,10 +96,17 @@ def resolve_task_names(task_by, pair_names, given, ckpt_names, ckpt_task_by, ckp
                          f"checkpoint {ckpt_path} ({','.join(ckpt_names)}); leave --moe-task-names "
                          "out: the checkpoint's order is kept and tasks are matched by name")
     missing = [name for name in pair_names if name not in ckpt_names]
+    if missing and new_tasks:
+        if not fresh_optimizer:
+            raise ValueError(f"--moe-new-tasks ({', '.join(missing)}) adds task-gate rows, so the "
+                             f"optimizer state of {ckpt_path} no longer fits: use "
+                             "--finetune-from-model or --reset-optimizer")
+        return list(ckpt_names) + missing
     if missing:
         raise ValueError(f"--lang-pairs gives task(s) {', '.join(missing)} (under --moe-task-by "
                          f"{task_by}) that the checkpoint {ckpt_path} has no task-gate row for; its "
-                         f"tasks are {', '.join(ckpt_names)}. Use only language pairs of those tasks")
+                         f"tasks are {', '.join(ckpt_names)}. Use only language pairs of those tasks, or "
+                         "--moe-new-tasks to fine-tune new rows")
     return list(ckpt_names)
 
 
@@ -151,6 +162,7 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
     def build_model(self, args, from_checkpoint=False):
         task_by = str(getattr(args, "moe_task_by", None) or "target_lang")
         given = [t for t in str(getattr(args, "moe_task_names", None) or "").split(",") if t]
+        new_rows = False
         moe_cfg = moe_config_from_args(args) if self.training and not from_checkpoint else None
         if moe_cfg is not None:
             validate_training(moe_cfg)
@@ -161,17 +173,27 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
             # weights may be loaded into it next; its task-gate rows keep their tasks.
             path = restore_checkpoint_path(self.args)
             ckpt_names, ckpt_task_by = checkpoint_task_names(path)
+            fresh = bool(path) and (path == getattr(self.args, "finetune_from_model", None)
+                                    or bool(getattr(self.args, "reset_optimizer", False)))
             names = resolve_task_names(task_by, task_names_for_pairs(task_by, self.lang_pairs),
-                                       given, ckpt_names, ckpt_task_by, path)
+                                       given, ckpt_names, ckpt_task_by, path,
+                                       new_tasks=moe_cfg.moe_new_tasks, fresh_optimizer=fresh)
             if ckpt_names is not None and names != task_names_for_pairs(task_by, self.lang_pairs):
                 logger.info("task-gate rows follow the task order of %s: %s", path, ",".join(names))
             args.moe_task_names = ",".join(names)
+            new_rows = ckpt_names is not None and len(names) > len(ckpt_names)
         elif not given:
             # One task per target language / pair / source language.
             args.moe_task_names = ",".join(task_names_for_pairs(task_by, self.lang_pairs))
         self.moe_task_by = task_by
         self.moe_task_names = args.moe_task_names.split(",")
-        return super().build_model(args, from_checkpoint)
+        model = super().build_model(args, from_checkpoint)
+        if moe_cfg is not None and new_rows:
+            logger.info("--moe-new-tasks: new task-gate rows for %s", ",".join(names[len(ckpt_names):]))
+            for module in model.modules():
+                if isinstance(module, Router):
+                    module.allow_new_task_rows = True
+        return model
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         if "required_batch_size_multiple" in kwargs:

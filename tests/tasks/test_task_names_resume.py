@@ -38,6 +38,29 @@ def test_resolve_mismatch_is_a_clear_error(kwargs, match):
         resolve_task_names(**args)
 
 
+def test_new_tasks_get_rows_after_the_checkpoints_only_with_a_fresh_optimizer():
+    args = dict(task_by="target_lang", pair_names=["de", "it"], given=[], ckpt_names=["de", "fr"],
+                ckpt_task_by="target_lang", ckpt_path="c.pt", new_tasks=True)
+    assert resolve_task_names(**args, fresh_optimizer=True) == ["de", "fr", "it"]
+    with pytest.raises(ValueError, match="--moe-new-tasks .*--finetune-from-model or --reset-optimizer"):
+        resolve_task_names(**args, fresh_optimizer=False)
+
+
+def test_router_loads_fewer_task_rows_only_when_allowed():
+    from fairseq_taskmoe.moe.router import Router
+
+    torch.manual_seed(0)
+    old = Router("task", 8, 4, num_tasks=2)
+    new = Router("task", 8, 4, num_tasks=3)
+    fresh_row = new.task_gate.weight[2].detach().clone()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        new.load_state_dict(old.state_dict())
+    new.allow_new_task_rows = True
+    new.load_state_dict(old.state_dict())
+    assert torch.equal(new.task_gate.weight[:2], old.task_gate.weight)
+    assert torch.equal(new.task_gate.weight[2], fresh_row)
+
+
 def test_restore_path_follows_fairseq(tmp_path):
     ns = argparse.Namespace(save_dir=str(tmp_path), restore_file="checkpoint_last.pt", checkpoint_suffix="",
                             finetune_from_model=None, continue_once=None)
@@ -101,3 +124,20 @@ def test_finetune_with_a_task_the_checkpoint_lacks_is_an_error(toy_data, lang_pa
             tmp_path / "ft", max_update=2, extra=[*PAIR_TASK_FLAGS, "--finetune-from-model", source]))
     assert source.read_bytes() == before
     assert not (tmp_path / "ft" / "checkpoint_last.pt").exists()
+
+
+def test_finetune_with_new_tasks_appends_rows(toy_data, lang_pair_ckpt, tmp_path):
+    source = lang_pair_ckpt / "checkpoint_last.pt"
+    save = tmp_path / "ft"
+    # --lr 0: the update leaves the weights as loaded, so the rows can be compared
+    run_cli("fairseq-train", multilingual_task_args(toy_data, lang_pairs="en-es,en-de") + train_args(
+        save, max_update=1, extra=[*PAIR_TASK_FLAGS, "--finetune-from-model", source, "--moe-new-tasks",
+                                   "--lr", "0"]))
+    before = torch.load(source, weights_only=True)
+    after = torch.load(save / "checkpoint_last.pt", weights_only=True)
+    assert after["cfg"]["model"].moe_task_names == "en-de,en-fr,en-es"
+    gates = [k for k in before["model"] if k.endswith("task_gate.weight")]
+    assert gates
+    for key in gates:
+        assert after["model"][key].shape[0] == 3
+        assert torch.equal(after["model"][key][:2], before["model"][key])
