@@ -20,8 +20,8 @@ systems do the same work. Systems, per E in --experts:
 The stock extract (and so its CTranslate2 model) has one FFN width per side: narrower layers
 are zero-padded (extract.json's stock_overhead), which is what separates it from the dense model.
 
-Each system runs in its own process (peak RSS = that process's ru_maxrss; the RSS after
-importing the engine is reported too), over every beam and batch size, --repeats timed
+Each system runs in its own process (peak RSS = that process's VmHWM; the RSS after
+importing the engine and after loading the model are reported too), over every beam and batch size, --repeats timed
 passes over the sentences (median). Prints a table, writes JSON and a PNG.
 With --demo-checkpoint, also scores a trained model's extract (float32 vs int8 CTranslate2
 BLEU on the pair's test split, quality only).
@@ -30,7 +30,6 @@ BLEU on the pair's test split, quality only).
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,10 +44,15 @@ SYSTEMS = ("fairseq token-moe", "fairseq task-moe", "fairseq task-moe extract", 
            "ct2 extract int8", "ct2 dense int8")
 
 
-def rss_mb() -> float:
+def rss_mb(field="VmRSS") -> float:
+    """This process's resident memory (VmRSS) or its peak (VmHWM), MB.
+
+    VmHWM, not getrusage's ru_maxrss: ru_maxrss survives fork + exec, so a worker would
+    report its parent's peak (the parent holds the full models while building them).
+    """
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -159,7 +163,7 @@ def worker(spec):
                   file=sys.stderr, flush=True)
             if time.perf_counter() - t0 > spec["budget"]:
                 break  # larger batches of this beam would only take longer
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb("VmHWM")
     print(json.dumps({"rows": rows, "rss_after_import_mb": rss_import, "rss_loaded_mb": rss_loaded,
                       "peak_rss_mb": peak}))
 

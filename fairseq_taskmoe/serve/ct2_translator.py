@@ -10,9 +10,11 @@ language token*) / length ** lenpen; CTranslate2 leaves the prefix's log-prob
 out of the sum (same length). With lenpen != 0 the two can rank hypotheses of
 different lengths differently, so by default (``fairseq_ranking=True``) the
 beam's hypotheses are re-ranked with fairseq's formula, using the prefix
-log-prob from ``score_batch``. The search itself (cumulative log-probs) is the
-same in both engines, so the float32 export returns fairseq-generate's
-hypotheses (tests/serve/test_ctranslate2.py).
+log-prob from ``score_batch``. A hypothesis that reaches ``max_len_b`` ends with a
+forced </s> in fairseq (its log-prob counted) and without one in CTranslate2;
+when it competes with finished hypotheses it is rescored exactly. The search
+itself (cumulative log-probs) is the same in both engines, so the float32 export
+returns fairseq-generate's hypotheses (tests/serve/test_ctranslate2.py).
 """
 
 import json
@@ -76,6 +78,27 @@ class CTranslate2Translator:
                 raise ValueError(f"{flag}: language token {tok} is not in the model's vocabulary")
         return enc_tok, dec_tok
 
+    def _fairseq_scores(self, source, res, prefix_logprob, lenpen, max_len_b):
+        """fairseq's score of each hypothesis of ``res`` (see the module doc).
+
+        A hypothesis cut at ``max_len_b`` has no </s> in CTranslate2, while fairseq forces
+        one there and counts its log-prob; when such hypotheses compete with finished
+        ones, they are rescored exactly (``score_batch`` appends </s>). When every
+        hypothesis reached the limit CTranslate2's order is kept (no finished one to lose to).
+        """
+        cut = [len(h) >= max_len_b for h in res.hypotheses]
+        exact = {}
+        if any(cut) and not all(cut):
+            idx = [k for k, c in enumerate(cut) if c]
+            scored = self.translator.score_batch([source] * len(idx), [res.hypotheses[k] for k in idx])
+            exact = {k: sum(r.log_probs) for k, r in zip(idx, scored)}
+        scores = []
+        for k, hyp in enumerate(res.hypotheses):
+            norm = (len(hyp) + 1) ** lenpen  # + </s>
+            total = exact[k] if k in exact else res.scores[k] * norm + prefix_logprob
+            scores.append(total / norm)
+        return scores
+
     def translate(self, sentences, src: str, tgt: str, beam: int = 4, lenpen: float = 1.0,
                   batch_size: int = 32, max_len_b: int = 200, min_len: int = 1,
                   fairseq_ranking: bool = True) -> List[str]:
@@ -90,12 +113,13 @@ class CTranslate2Translator:
         enc_tok, dec_tok = self._langtoks(src, tgt)
         source = [([enc_tok] if enc_tok else []) + self.pieces.encode(s).split() for s in sentences]
         prefix = [[dec_tok]] * len(source) if dec_tok else None
-        rerank = fairseq_ranking and dec_tok is not None and beam > 1 and lenpen != 0
+        rerank = fairseq_ranking and beam > 1
         results = self.translator.translate_batch(
             source, target_prefix=prefix, beam_size=beam, length_penalty=lenpen,
             max_batch_size=batch_size, max_decoding_length=max_len_b, min_decoding_length=min_len,
             num_hypotheses=beam if rerank else 1, return_scores=rerank)
-        if rerank:
+        first = None
+        if rerank and dec_tok is not None and lenpen != 0:
             # log p(__tgt__ | source): the term CTranslate2 leaves out of the sum.
             first = self.translator.score_batch(source, [[dec_tok]] * len(source), max_batch_size=batch_size)
         out = []
@@ -103,10 +127,9 @@ class CTranslate2Translator:
         for i, res in enumerate(results):
             best = res.hypotheses[0]
             if rerank:
-                def fairseq_score(k):
-                    norm = (len(res.hypotheses[k]) + 1) ** lenpen  # + </s>
-                    return (res.scores[k] * norm + first[i].log_probs[0]) / norm
-                best = res.hypotheses[max(range(len(res.hypotheses)), key=fairseq_score)]
+                scores = self._fairseq_scores(source[i], res, first[i].log_probs[0] if first else 0.0,
+                                              lenpen, max_len_b)
+                best = res.hypotheses[max(range(len(scores)), key=scores.__getitem__)]
             self.last_target_tokens += len(best) + 1  # + </s>
             words = [w for w in best if w != EOS and w != dec_tok]  # what fairseq strips
             out.append(self.pieces.decode(" ".join(words)))
