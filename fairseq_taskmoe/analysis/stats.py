@@ -58,6 +58,11 @@ def setup_pair(state: dict, model_ns, task_ns, data: str, pair: str, model=None)
         model = task.build_model(copy.copy(model_ns))
         model.load_state_dict(state["model"], strict=True)
         model = model.float().eval()
+    else:
+        # The task learns the gate's task list in build_model; without it add_task_ids stamps
+        # nothing. Reusing the first pair's model, give this pair's task the same list.
+        task.moe_task_by = str(getattr(model_ns, "moe_task_by", "target_lang"))
+        task.moe_task_names = [t for t in str(model_ns.moe_task_names).split(",") if t]
     return task, model
 
 
@@ -75,7 +80,15 @@ def expert_counts(task, model, split: str, flag: str, max_sentences: int = 0,
 
     Eval mode (dropless, as at inference), teacher forcing, ``task_ids`` stamped.
     """
-    pair = f"{task.args.source_lang}-{task.args.target_lang}"
+    from fairseq_taskmoe.data.binarize import pair_file
+
+    src, tgt = task.args.source_lang, task.args.target_lang
+    pair, data = f"{src}-{tgt}", str(task.args.data).split(os.pathsep)[0]
+    try:  # fairseq answers a missing split with a KeyError deep in its data manager
+        pair_file(data, split, src, tgt, src)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{flag} {split}: no binarized {split} split of {pair} in {data} "
+                                f"(expected {split}.{src}-{tgt}.{src}.idx or {split}.{tgt}-{src}.{src}.idx)") from err
     try:
         task.load_dataset(split)
     except FileNotFoundError as err:

@@ -202,7 +202,12 @@ def atomic_dir(out_dir, replace: bool = False):
         except OSError as err:
             raise _with_path(err, out_dir, tmp) from err
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:  # name the file as it will be, not its temp name
+            if err.filename and os.fspath(err.filename).startswith(tmp + os.sep):
+                raise type(err)(err.errno, err.strerror, out_dir + os.fspath(err.filename)[len(tmp):]) from err
+            raise
         fsync_dir(tmp)
         old = None
         try:

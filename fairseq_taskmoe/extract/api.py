@@ -95,7 +95,7 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
             force: bool = False, prune_token_experts: Optional[int] = None,
             prune_data: Optional[str] = None, prune_split: str = "valid",
             target_langs: Sequence[str] = (), data_dir: Optional[str] = None,
-            quantization: Optional[str] = None) -> dict:
+            quantization: Optional[str] = None, log=logger.warning) -> dict:
     """Write a per-task sub-network of ``checkpoint`` to ``out_dir``; return extract.json's content.
 
     Args:
@@ -109,6 +109,7 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
             directory; the checkpoint's recorded data dir is never followed).
         prune_data: data dir for the routing statistics (default: ``data_dir``).
         force: replace ``out_dir`` if it is an earlier extract (never anything else).
+        log: called with each note about leftovers of an interrupted earlier run.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -120,8 +121,7 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
     for flag, path in (("--data", data_dir), ("--prune-data", prune_data)):
         if path and not os.path.isdir(path):
             raise FileNotFoundError(f"{flag} {path}: no such directory")
-    for note in outdir.check_out_dir(out_dir, force, [checkpoint, data_dir, prune_data]):
-        logger.warning(note)
+    outdir.check_out_dir(out_dir, force, [checkpoint, data_dir, prune_data], log)
     state = load_source(checkpoint)
     model_ns = model_args(state, checkpoint)
     task_ns = task_args(state) or model_ns

@@ -11,6 +11,7 @@ bad input, 3 for a refused (unsafe) checkpoint or TORCH_FORCE_NO_WEIGHTS_ONLY_LO
 
 import argparse
 import json
+import sys
 
 from fairseq_taskmoe.checkpoints import console_main, run
 from fairseq_taskmoe.extract.api import FORMATS
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
         args.checkpoint, args.tasks, args.out, fmt=args.format, force=args.force,
         prune_token_experts=args.prune_token_experts, prune_data=args.prune_data,
         prune_split=args.prune_split, data_dir=args.data, quantization=args.quantization,
+        log=lambda note: print(f"{PROG}: note: {note}", file=sys.stderr),
         target_langs=[t for t in args.target_langs.split(",") if t])
     summary = {k: report[k] for k in ("tasks", "format", "moe_layout", "params_before", "params_after",
                                       "decoder_experts_kept_fraction", "vocab_dir")}

@@ -14,7 +14,7 @@ decide which of your files get copied. It is only quoted as a hint.
 import glob
 import json
 import os
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from fairseq_taskmoe.checkpoints import atomic_copy, check_writable, recover_dir
 
@@ -39,25 +39,26 @@ def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def check_out_dir(out_dir: str, force: bool, inputs: Iterable[str]) -> List[str]:
-    """Refuse an ``--out`` that would lose data; returns notes about interrupted earlier runs."""
+def check_out_dir(out_dir: str, force: bool, inputs: Iterable[str], log=None):
+    """Refuse an ``--out`` that would lose data; ``log`` gets notes about interrupted earlier runs."""
     if not out_dir:
         raise ValueError("--out is required")
-    notes = recover_dir(out_dir, is_extract_dir)
+    for note in recover_dir(out_dir, is_extract_dir):
+        if log is not None:
+            log(note)
     for item in inputs:
         if item and _inside(item, out_dir):
             raise ValueError(f"--out {out_dir} contains an input of this run ({item}); it is never "
                              "replaced, even with --force: choose another --out")
     check_writable(out_dir)
     if not os.path.lexists(out_dir):
-        return notes
+        return
     if not force:
         raise FileExistsError(f"--out {out_dir} already exists; pass --force to replace it (only an "
                               f"earlier extract, a directory with {MARKER}, can be replaced)")
     if not is_extract_dir(out_dir):
         raise ValueError(f"--out {out_dir} exists and is not an earlier extract (no {MARKER}); "
                          "--force replaces only extracts: choose another --out or remove it yourself")
-    return notes
 
 
 def _has_dicts(directory: str) -> bool:

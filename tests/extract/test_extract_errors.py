@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from fairseq_taskmoe.extract import extract
-from fairseq_taskmoe.extract.cli import run_main
+from fairseq_taskmoe.extract.cli import run_main as extract_main
 from fairseq_taskmoe.safe_load import UnsafeCheckpointError
 from taskmoe_testlib import BIN
 
 
 def run_main(argv, capsys):
-    code = run_main([str(a) for a in argv])
+    code = extract_main([str(a) for a in argv])
     return code, capsys.readouterr().err
 
 
@@ -64,6 +64,9 @@ def test_stock_refused_for_token_side_and_several_tasks(token_task_ckpt, task_ta
 def test_no_task_routed_side_refused(token_task_ckpt, tmp_path):
     state = torch.load(token_task_ckpt, weights_only=True)
     state["cfg"]["model"].moe_decoder_routing = "token"
+    gate = state["model"].pop("decoder.layers.1.moe.router.task_gate.weight")  # (N, E)
+    dim = state["model"]["decoder.layers.1.moe.experts.fc2_bias"].size(1)
+    state["model"]["decoder.layers.1.moe.router.wg.weight"] = torch.zeros(gate.size(1), dim)  # (E, D)
     path = tmp_path / "token_only.pt"
     torch.save(state, path)
     with pytest.raises(ValueError, match="no task-routed MoE layer"):
