@@ -124,6 +124,30 @@ def test_resume_from_shards_continues_from_the_same_state(ep_runs):
             torch.testing.assert_close(opt_r["state"][i][k], opt_s["state"][i][k], msg=f"{i}.{k}")
 
 
+def _losses_by_update(log):
+    out = {}
+    for line in log.splitlines():
+        u, loss = re.search(r"num_updates=(\d+)", line), re.search(r"(?<![_a-z])loss=([0-9.]+)", line)
+        if u and loss:
+            out[int(u[1])] = float(loss[1])
+    return out
+
+
+def test_memory_efficient_fp16_with_expert_parallel_tracks_fp32(ep_runs, toy_data, tmp_path):
+    """fairseq's --memory-efficient-fp16 runs on CPU: half params, grads and all-to-all, adam_ep on
+    the model's params; the loss tracks the fp32 run and the sharded checkpoint is complete."""
+    *_, logs = ep_runs
+    _, half = train_2ranks(toy_data, tmp_path, 6, extra=["--memory-efficient-fp16"])
+    assert "loss_scale=" in half[0]  # fairseq's fp16 path (dynamic loss scaler) ran
+    fp32, fp16 = _losses_by_update(logs[0]), _losses_by_update(half[0])
+    assert len(fp32) >= 6 and fp16.keys() == fp32.keys(), (fp32, fp16)
+    for u, b in fp32.items():
+        assert abs(fp16[u] - b) <= 0.02 * b, (u, fp16, fp32)
+    state = load_merged_state(str(tmp_path / "checkpoint_last.pt"))
+    experts = [v for k, v in state["model"].items() if ".experts." in k]
+    assert experts and all(v.size(0) == 4 and v.dtype == torch.float16 for v in experts)
+
+
 def _generate(toy_data, path):
     out = run_cli("fairseq-generate", [
         *multilingual_task_args(toy_data), "--source-lang", "en", "--target-lang", "de",
