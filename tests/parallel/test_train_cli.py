@@ -124,6 +124,23 @@ def test_resume_from_shards_continues_from_the_same_state(ep_runs):
             torch.testing.assert_close(opt_r["state"][i][k], opt_s["state"][i][k], msg=f"{i}.{k}")
 
 
+def test_w1_resumes_from_a_w2_shard_set(ep_runs, toy_data, tmp_path):
+    """fairseq-train at W = 1 (--optimizer adam_ep) continues a W = 2 sharded save: every expert
+    and its Adam moments come from the shard files (the previous update count is kept)."""
+    root, _, _ = ep_runs
+    args = [*multilingual_task_args(toy_data),
+            *train_args(tmp_path, 7, ["--optimizer", "adam_ep", "--cpu", "--restore-file",
+                                      root / "resumed" / "checkpoint_last.pt"])]
+    out = run_cli("fairseq-train", args)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 6 updates\)",
+                     out.stdout + out.stderr)
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)  # W = 1: complete
+    assert state["optimizer_history"][-1]["num_updates"] == 7
+    opt = state["last_optimizer_state"]
+    for i in opt["expert_param_indices"]:  # moments continued from the shards, not restarted
+        assert opt["state"][i]["exp_avg"].size(0) == 4 and int(opt["state"][i]["step"]) == 7
+
+
 def _losses_by_update(log):
     out = {}
     for line in log.splitlines():
