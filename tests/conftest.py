@@ -1,5 +1,7 @@
 """Shared fixtures. Helper functions live in ``taskmoe_testlib`` (re-exported here)."""
 
+import logging
+
 import pytest
 import torch
 
@@ -17,6 +19,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """Undo ``basicConfig(force=True)`` of CLIs run in-process: their handler keeps the test's
+    captured stderr, and a later test logging through it got a 'Logging error' traceback."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
