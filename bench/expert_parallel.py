@@ -128,6 +128,9 @@ def _worker(rank, world, port, args, out):
                 for routing in ("token", "task") for a2a in ("split", "padded")]
         if rank == 0:
             torch.save(rows, out)
+        # without it a rank could tear down gloo while the other still had the last
+        # collective in flight: "terminate called without an active exception" (SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -15,10 +15,11 @@ from taskmoe_testlib import REPO
 def test_expert_parallel_bench_smoke(tmp_path):
     out = tmp_path / "ep.json"
     # a subprocess: the 2 ranks are spawned, so the script must be importable as __main__
-    subprocess.run([sys.executable, str(REPO / "bench" / "expert_parallel.py"), "--tokens", "128",
-                    "--embed-dim", "16", "--ffn-dim", "32", "--experts", "4", "--repeats", "1",
-                    "--out", str(out)], check=True, capture_output=True, text=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "expert_parallel.py"), "--tokens", "128",
+                           "--embed-dim", "16", "--ffn-dim", "32", "--experts", "4", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["layer"]
     assert {(r["routing"], r["world"], r["a2a"]) for r in rows} == {
         ("token", 1, "-"), ("task", 1, "-"), ("token", 2, "split"), ("token", 2, "padded"),
