@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
-# Knobs (make exports command-line variables to the script): MAX_UPDATE (600), EVAL_N (100 test
+# Knobs (make exports command-line variables to the script): MAX_UPDATE (800), EVAL_N (100 test
 # sentences per direction; 0 = whole splits), DATA, OUT, LR, WARMUP, ENC_ROUTING, DEC_ROUTING, BEAM.
 # The full-size run (the old demo's 4.8M training tokens): make demo MAX_UPDATE=2400 EVAL_N=0 OUT=demo-full
 demo: $(STAMP)

@@ -4,7 +4,10 @@
 
 Writes OUT/ct2-PAIR (the CTranslate2 model) and OUT/serve-PAIR.json; prints a few
 translations and one speed line (sentences/s of both engines on the same test
-sentences, same beam, same number of threads) with each engine's BLEU on them.
+sentences, same beam, same number of threads) with each engine's BLEU on them. Both decode
+up to 200 target tokens (fairseq-interactive's default, the translators' ``max_len_b``), while
+fairseq_taskmoe.evaluate uses fairseq-generate with --max-len-a 1.2 --max-len-b 10: on a model
+that still loops the two BLEUs differ.
 """
 
 import argparse
@@ -73,9 +76,12 @@ def main(argv=None):
         results[name] = {"sentences_per_s": len(sources) / seconds, "seconds": seconds,
                          "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "hypotheses": hyps}
     (ct2_name, ct2), (fs_name, fs) = results.items()
+    def short(text, n=150):
+        return text if len(text) <= n else text[:n] + " ..."
+
     for i in range(min(3, len(sources))):
-        print(f"  src: {sources[i]}\n  ref: {refs[i]}\n  {ct2_name}: {ct2['hypotheses'][i]}\n"
-              f"  {fs_name}: {fs['hypotheses'][i]}")
+        print(f"  src: {short(sources[i])}\n  ref: {short(refs[i])}\n  {ct2_name}: {short(ct2['hypotheses'][i])}\n"
+              f"  {fs_name}: {short(fs['hypotheses'][i])}")
     same = sum(a == b for a, b in zip(ct2["hypotheses"], fs["hypotheses"]))
     print(f"serving {args.pair}, {len(sources)} test sentences, beam {args.beam}, batch {args.batch_size}, "
           f"{threads} threads: {ct2_name} {ct2['sentences_per_s']:.1f} sent/s (BLEU {ct2['bleu']:.2f}) vs "
