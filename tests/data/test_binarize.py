@@ -65,6 +65,9 @@ def test_cli_end_to_end_offline(fake_wheel_cache, tmp_path, capsys):
     for name in ("spm.model", "dict.en.txt", "dict.de.txt", "train.en-fr.fr.bin", "raw/valid.en-de.en"):
         assert (out / name).exists(), name
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # the umask's mode, not mkdtemp's 0700
     assert "en-de" in capsys.readouterr().out
     # refuses to overwrite without --force
     assert cli_main(argv) == 2
