@@ -27,12 +27,11 @@ import copy
 import os
 import re
 import sys
-import tempfile
 import uuid
 
 import torch
 
-from fairseq_taskmoe.checkpoints import load_checkpoint_safely
+from fairseq_taskmoe.checkpoints import atomic_torch_save, load_checkpoint_safely
 from fairseq_taskmoe.parallel.checkpoint import EXPERT_PARAM_NAMES
 from fairseq_taskmoe.parallel.shards import REF_KEY, ShardReader, resolve_shard_dir, shard_ref
 
@@ -196,18 +195,12 @@ def load_merged_state(path: str):
 
 
 def atomic_save(obj, path: str, force: bool = False):
+    """torch.save through the one atomic writer (temp file beside ``path``, fsync, rename,
+    the user's umask: a merged checkpoint must be readable by whoever decodes it)."""
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_torch_save(obj, path)
 
 
 def _drop_optimizer(state):

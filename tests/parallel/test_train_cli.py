@@ -197,6 +197,10 @@ def test_split_merge_round_trip(ep_runs, tmp_path):
         assert torch.equal(merged["model"][k], v), k
     merge_main(["merge", str(shard1)])
     assert (tmp_path / "checkpoint_last.pt").is_file()
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (shard1, tmp_path / "checkpoint_last.pt"):  # the umask's mode, not mkstemp's 0600
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
 
 
 @pytest.mark.parametrize("obj, found", [([1, 2], "found list"), ({"cfg": {}}, "without 'model'")])
