@@ -26,6 +26,7 @@ from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
 from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, validate_training
+from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 from fairseq_taskmoe.moe.router import Router
 
 logger = logging.getLogger(__name__)
@@ -258,5 +259,15 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         return FairseqTask.build_generator(self, models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        self.add_task_ids(sample)
+        plugin = [isinstance(m, TransformerTaskMoEModel) for m in models]
+        if all(plugin):
+            self.add_task_ids(sample)
+        elif any(plugin):
+            raise ValueError("--path: cannot ensemble transformer_taskmoe models with stock ones "
+                             "(a --format stock extract); decode them separately")
+        elif sample is not None and "net_input" in sample:
+            # A stock transformer (a --format stock extract) reads neither task ids nor the
+            # language ids this task puts in net_input: its encoder would raise a TypeError.
+            # Which task it holds is fixed at extraction (extract.json), not chosen here.
+            sample["net_input"].pop("src_lang_id", None)
         return super().inference_step(generator, models, sample, prefix_tokens, constraints)

@@ -107,8 +107,10 @@ def test_stock_format_exact_and_decodes_without_plugin(task_task_ckpt, toy_data,
                           cwd="/", env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
     assert_same_logits(task_task_ckpt, ckpt, toy_data, "en-de", stock=True)
-    assert_same_hypotheses(generate(toy_data, task_task_ckpt, "en", "de"),
-                           generate(toy_data, ckpt, "en", "de", plugin=False))
+    full = generate(toy_data, task_task_ckpt, "en", "de")
+    assert_same_hypotheses(full, generate(toy_data, ckpt, "en", "de", plugin=False))
+    # the plugin task decodes it too (it used to pass src_lang_id to the stock encoder: TypeError)
+    assert_same_hypotheses(full, generate(toy_data, ckpt, "en", "de", plugin=True))
 
 
 def test_plugin_format_of_task_task_model_fuses_both_sides(task_task_ckpt, toy_data, tmp_path):
