@@ -4,6 +4,7 @@ tests/ is on sys.path because tests/conftest.py lives there; a module with a
 unique name avoids the ambiguity of importing ``conftest`` from subfolders.
 """
 
+import importlib.util
 import os
 import random
 import subprocess
@@ -13,6 +14,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "fairseq_taskmoe"
 BIN = Path(sys.executable).parent
+BENCH = REPO / "bench"
+
+
+def load_script(name):
+    """Import ``bench/NAME.py`` as a module (the bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 LANGS = ("de", "fr", "es")
 LANG_PAIRS = ",".join(f"en-{l},{l}-en" for l in LANGS)
 WORDS = "the a cat dog house tree runs big small red blue green eats sees old new".split()

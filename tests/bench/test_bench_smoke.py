@@ -3,7 +3,6 @@
 Checks keys and finite numbers only: speed is measured by the scripts, never asserted here.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -12,16 +11,7 @@ import sys
 
 import pytest
 
-from taskmoe_testlib import REPO, run_cli
-
-BENCH = REPO / "bench"
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from taskmoe_testlib import BENCH, load_script, run_cli
 
 
 def assert_finite(value, where):

@@ -3,21 +3,11 @@
 Speed is measured by the script, never asserted here.
 """
 
-import importlib.util
 import json
 import math
 import sys
 
-from taskmoe_testlib import REPO
-
-BENCH = REPO / "bench"
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from taskmoe_testlib import BENCH, load_script
 
 
 def test_bench_serve_json(tmp_path):
