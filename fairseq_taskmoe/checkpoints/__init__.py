@@ -11,7 +11,7 @@ from fairseq_taskmoe.checkpoints.args import (
     SHARD_NAME, lang_pairs, load_source, model_args, sha256, task_args,
 )
 from fairseq_taskmoe.checkpoints.atomic import (
-    atomic_copy, atomic_dir, atomic_file, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+    atomic_copy, atomic_dir, current_umask, atomic_file, atomic_torch_save, atomic_write_bytes, atomic_write_json,
     atomic_write_text, check_writable, leftovers, recover_dir,
 )
 from fairseq_taskmoe.checkpoints.cli import (
@@ -25,7 +25,7 @@ from fairseq_taskmoe.checkpoints.safe_load import (
 __all__ = [
     "SAFE_GLOBALS", "SHARD_NAME", "UNSAFE_ENV", "UnsafeCheckpointError", "UnsafeEnvironmentError",
     "atomic_copy", "atomic_dir", "atomic_file", "atomic_torch_save", "atomic_write_bytes",
-    "atomic_write_json", "atomic_write_text", "check_writable", "classify", "console_main", "install_safe_globals",
+    "atomic_write_json", "atomic_write_text", "check_writable", "current_umask", "classify", "console_main", "install_safe_globals",
     "lang_pairs", "leftovers", "load_checkpoint_safely", "load_source", "model_args", "recover_dir",
     "refuse_unsafe_torch_env", "run", "sha256", "task_args", "unsafe_torch_env",
     "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_UNSAFE", "EXIT_ENVIRONMENT",

@@ -52,6 +52,13 @@ def fsync_dir(directory: str):
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _parent(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     try:

@@ -165,9 +165,9 @@ def build(args, progress):
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
     try:
         from .binarize import binarize
-        from .sample import _umask
+        from fairseq_taskmoe.checkpoints import current_umask
 
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a shared corpus must be readable
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a shared corpus must be readable
 
         chosen = {lang: splits[lang] for lang in langs}
         _, vocab = binarize(chosen, tmp, args.vocab_size, workers=args.workers, progress=progress)

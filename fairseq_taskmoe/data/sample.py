@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fairseq_taskmoe.checkpoints import current_umask
+
 
 def sample_name(split, n):
     return "%s_sample%d" % (split, n)
@@ -50,7 +52,7 @@ def make_sample_view(data, out, split="test", n=100):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         (tmp / "raw").mkdir()
         for entry in data.iterdir():
             if entry.name != "raw":
@@ -72,12 +74,6 @@ def make_sample_view(data, out, split="test", n=100):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return counts
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def cli_main(argv=None):

@@ -5,6 +5,7 @@ import pytest
 from fairseq import options, tasks
 from fairseq.data import Dictionary, data_utils
 
+from fairseq_taskmoe.checkpoints import current_umask
 from fairseq_taskmoe.data.binarize import binarize
 from fairseq_taskmoe.data.prepare import cli_main
 from fairseq_taskmoe.data.split import split_pairs
@@ -65,8 +66,7 @@ def test_cli_end_to_end_offline(fake_wheel_cache, tmp_path, capsys):
     for name in ("spm.model", "dict.en.txt", "dict.de.txt", "train.en-fr.fr.bin", "raw/valid.en-de.en"):
         assert (out / name).exists(), name
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # the umask's mode, not mkdtemp's 0700
     assert "en-de" in capsys.readouterr().out
     # refuses to overwrite without --force

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import torch
 
+from fairseq_taskmoe.checkpoints import current_umask
 from fairseq_taskmoe.extract import extract
 from fairseq_taskmoe.extract.cli import run_main as extract_main
 from fairseq_taskmoe.safe_load import UnsafeCheckpointError
@@ -44,8 +45,7 @@ def test_existing_out_needs_force(token_task_ckpt, toy_data, tmp_path, capsys):
     assert code == 0 and not (out / "stale.txt").exists() and (out / "checkpoint.pt").exists()
     # nothing left behind next to --out; files readable per the umask, not 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     assert (out / "checkpoint.pt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask
 

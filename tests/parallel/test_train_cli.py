@@ -15,7 +15,7 @@ import torch
 from parallel.ep_harness import free_port
 from taskmoe_testlib import BIN, N_EVAL, multilingual_task_args, run_cli, train_args
 
-from fairseq_taskmoe.checkpoints import load_source
+from fairseq_taskmoe.checkpoints import current_umask, load_source
 from fairseq_taskmoe.parallel.merge import load_merged_state, main as merge_main
 from fairseq_taskmoe.parallel.shards import REF_KEY
 from fairseq_taskmoe.parallel.sharding import check_training_args
@@ -197,8 +197,7 @@ def test_split_merge_round_trip(ep_runs, tmp_path):
         assert torch.equal(merged["model"][k], v), k
     merge_main(["merge", str(shard1)])
     assert (tmp_path / "checkpoint_last.pt").is_file()
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()
     for path in (shard1, tmp_path / "checkpoint_last.pt"):  # the umask's mode, not mkstemp's 0600
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
 
