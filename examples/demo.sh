@@ -64,17 +64,22 @@ grep -E "\| valid \|" "$OUT/train.log" | tail -1
 stage_end
 
 CKPT="$OUT/ckpt/checkpoint_last.pt"
+# sample_view SPLIT DIR: sets VIEW_DATA/VIEW_SUBSET to SPLIT itself, or (EVAL_N > 0) to a view of the
+# corpus (links) plus the first EVAL_N sentences of each SPLIT; the splits are in hash order, so
+# that is a random sample, the same for every run.
+sample_view() {
+  VIEW_DATA=$DATA
+  VIEW_SUBSET=$1
+  if [ "$EVAL_N" -gt 0 ]; then
+    VIEW_DATA="$OUT/$2"
+    VIEW_SUBSET="$1_sample$EVAL_N"
+    python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$VIEW_DATA" --split "$1" --n "$EVAL_N" \
+      2>"$OUT/sample.log" || { cat "$OUT/sample.log"; exit 1; }
+  fi
+}
 stage_start score
-EVAL_DATA=$DATA
-SUBSET=test
-if [ "$EVAL_N" -gt 0 ]; then
-  # A view of the corpus (links) plus the first EVAL_N sentences of each test split; the
-  # splits are in hash order, so that is a random sample, the same for every run.
-  EVAL_DATA="$OUT/data-sample"
-  SUBSET="test_sample$EVAL_N"
-  python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$EVAL_DATA" --split test --n "$EVAL_N" \
-    2>"$OUT/sample.log" || { cat "$OUT/sample.log"; exit 1; }
-fi
+sample_view test data-sample
+EVAL_DATA=$VIEW_DATA SUBSET=$VIEW_SUBSET
 echo "== scoring all directions on $SUBSET (beam $BEAM, sacrebleu on detokenized text)"
 python -m fairseq_taskmoe.evaluate "$CKPT" --data "$EVAL_DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
   --subset "$SUBSET" --beam "$BEAM" --json "$OUT/scores_full.json"
@@ -94,14 +99,8 @@ stage_end
 if [ -f "$DATA/test_doc.en-de.en.idx" ]; then
   # A corpus built with --docs: score documentation sentences too (kept apart from UI strings).
   stage_start score_doc
-  DOC_DATA=$DATA
-  DOC_SUBSET=test_doc
-  if [ "$EVAL_N" -gt 0 ]; then
-    DOC_DATA="$OUT/data-sample-doc"
-    DOC_SUBSET="test_doc_sample$EVAL_N"
-    python -m fairseq_taskmoe.data.sample --data "$DATA" --out "$DOC_DATA" --split test_doc --n "$EVAL_N" \
-      2>"$OUT/sample.log" || { cat "$OUT/sample.log"; exit 1; }
-  fi
+  sample_view test_doc data-sample-doc
+  DOC_DATA=$VIEW_DATA DOC_SUBSET=$VIEW_SUBSET
   echo "== scoring all directions on documentation sentences ($DOC_SUBSET)"
   python -m fairseq_taskmoe.evaluate "$CKPT" --data "$DOC_DATA" --pairs "$PAIRS" --user-dir fairseq_taskmoe \
     --subset "$DOC_SUBSET" --beam "$BEAM" --json "$OUT/scores_full_doc.json"
