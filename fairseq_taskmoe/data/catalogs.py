@@ -4,9 +4,7 @@ A catalog yields (msgid, msgstr) pairs. Fuzzy and obsolete entries and the heade
 skipped; a plural entry contributes msgstr[0] paired with the singular msgid only; msgctxt is
 dropped (two contexts with the same msgid simply give two candidate pairs, deduplicated later).
 """
-import os
 import re
-import tempfile
 
 import polib
 
@@ -58,11 +56,16 @@ def iter_pairs(catalog):
             yield entry.msgid, target
 
 
+# The charset of a .po is ours to find, not polib.detect_encoding's: polib.pofile cannot take bytes
+# (it splitlines() the content as text), and detect_encoding differs where it matters (pinned in
+# tests/data/test_catalogs.py): it falls back to utf-8 for an unknown declared charset, where we
+# skip and count the catalog, and it needs "; charset" with a space, case-sensitively, so
+# "text/plain;charset=ISO-8859-1" would be read as utf-8 (the catalog lost or garbled).
 _CHARSET_RE = re.compile(rb'"Content-Type:[^"]*charset=([A-Za-z0-9_\-.:]+)', re.IGNORECASE)
 
 
 def _decode_po(data):
-    """Decode with the charset the header declares (polib would guess from a file path)."""
+    """Decode with the charset the header declares."""
     m = _CHARSET_RE.search(data[:4096])
     charset = m.group(1).decode("ascii") if m else "utf-8"
     if charset.upper() == "CHARSET":  # untouched template header
@@ -76,11 +79,12 @@ def _decode_po(data):
 
 
 def _read_mo(data):
-    """polib.mofile needs a path and decodes with the header charset itself."""
-    fd, name = tempfile.mkstemp(suffix=".mo")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return polib.mofile(name)
-    finally:
-        os.unlink(name)
+    """polib.mofile parses the bytes and decodes with the header charset itself (detect_encoding).
+
+    It also takes a path, and tells the two apart with os.path.isfile: content that happens to name
+    a file on this machine would be read from disk. A .mo always holds NUL bytes (its 32-bit header
+    words: the revision is 0 or 1 in the major half), and a path never does.
+    """
+    if b"\0" not in data:
+        raise CatalogError("not a .mo file (no binary header)")
+    return polib.mofile(data)

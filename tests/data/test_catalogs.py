@@ -51,6 +51,39 @@ def test_latin1_po_is_decoded_with_its_declared_charset(tmp_path):
     assert parse_catalog(data, "fr.po") == [("Delete", "Supprimé à côté")]
 
 
+def test_latin1_mo_is_decoded_with_its_header_charset(tmp_path):
+    _po([polib.POEntry(msgid="Delete", msgstr="Supprimé à côté")], charset="iso-8859-1").save_as_mofile(
+        str(tmp_path / "fr.mo"))
+    data = (tmp_path / "fr.mo").read_bytes()
+    assert "é".encode("latin-1") in data and "é".encode("utf-8") not in data
+    assert parse_catalog(data, "fr/LC_MESSAGES/a.mo") == [("Delete", "Supprimé à côté")]
+
+
+def _header_po(content_type, msgstr):
+    return ('msgid ""\nmsgstr ""\n"%s\\n"\n\nmsgid "Delete"\nmsgstr "%s"\n' % (content_type, msgstr))
+
+
+def test_charset_header_without_a_space_is_honoured():
+    # polib.detect_encoding misses this header (it wants "; charset") and would decode as utf-8
+    data = _header_po("Content-Type: text/plain;charset=ISO-8859-1", "Supprimé").encode("latin-1")
+    assert polib.detect_encoding(data) == "utf-8"
+    assert parse_catalog(data, "fr.po") == [("Delete", "Supprimé")]
+
+
+def test_unknown_declared_charset_is_a_catalog_error_not_a_utf8_guess():
+    data = _header_po("Content-Type: text/plain; charset=NO-SUCH-CHARSET", "Supprimer").encode("ascii")
+    assert polib.detect_encoding(data) == "utf-8"  # polib would guess
+    with pytest.raises(CatalogError, match="unknown charset"):
+        parse_catalog(data, "fr.po")
+
+
+def test_mo_bytes_that_name_a_file_are_not_read_from_disk(tmp_path, monkeypatch):
+    _po([polib.POEntry(msgid="Save", msgstr="Speichern")]).save_as_mofile(str(tmp_path / "real.mo"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CatalogError):  # polib.mofile(b"real.mo") would parse tmp_path/real.mo
+        parse_catalog(b"real.mo", "x/de/LC_MESSAGES/a.mo")
+
+
 @pytest.mark.parametrize("data", [
     b"\x00\x01garbage",  # not a .mo (bad magic)
     b'msgid "a"\nfoo bar\nmsgstr "b"\n',  # .po syntax error
