@@ -16,6 +16,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 
+from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename,
+                             parse_wheel_filename)
+from packaging.version import InvalidVersion, Version
+
 logger = logging.getLogger(__name__)
 
 # Pinned so that the corpus is reproducible; all permissively licensed (BSD/MIT/Apache),
@@ -76,27 +80,42 @@ class Source:
     kind: str = "ui"  # "ui": gettext catalogs; "doc": translated help pages (helppages.py)
 
 
-def _canonical(name):
-    return re.sub(r"[-_.]+", "_", name).lower()
-
-
 def _split_spec(spec):
+    """(canonical name, Version or None) of NAME or NAME==VERSION."""
     name, _, version = spec.partition("==")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", name) or (version and not re.fullmatch(r"[\w.!+\-]+", version)):
-        raise ValueError("--packages: %r is not NAME or NAME==VERSION" % spec)
-    return name, version
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", name):
+        try:
+            return canonicalize_name(name), Version(version) if version else None
+        except InvalidVersion:
+            pass
+    raise ValueError("--packages: %r is not NAME or NAME==VERSION (a PEP 440 version)" % spec)
+
+
+def _archive_name_version(base):
+    """(canonical name, Version) from a wheel or sdist file name, or None for any other file."""
+    try:
+        if base.endswith(".whl"):
+            return parse_wheel_filename(base)[:2]
+        if base.endswith((".tar.gz", ".zip")):
+            return parse_sdist_filename(base)
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        pass
+    return None
 
 
 def find_cached(cache_dir, spec):
-    """Cached archive for a spec, or None. Unpinned specs take the newest cached file."""
+    """Cached archive for a spec, or None. Unpinned specs take the newest version cached.
+
+    Versions compare as pip compares them (``==1.0`` is ``1.0.0``); of two files of one version
+    (a wheel and an sdist) the last by name is taken.
+    """
     name, version = _split_spec(spec)
     hits = []
-    for path in glob.glob(os.path.join(cache_dir, "*")):
-        base = os.path.basename(path)
-        m = re.match(r"(.+?)-(\d[^-]*?)(?:-.*\.whl|\.tar\.gz|\.zip)$", base)
-        if m and _canonical(m.group(1)) == _canonical(name) and (not version or m.group(2) == version):
-            hits.append(path)
-    return sorted(hits)[-1] if hits else None
+    for path in glob.glob(os.path.join(glob.escape(cache_dir), "*")):
+        parsed = _archive_name_version(os.path.basename(path))
+        if parsed and parsed[0] == name and (version is None or parsed[1] == version):
+            hits.append((parsed[1], path))
+    return max(hits)[1] if hits else None
 
 
 def archive_problem(path):
