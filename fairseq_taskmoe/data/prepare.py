@@ -14,9 +14,11 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 
+from fairseq_taskmoe.checkpoints import atomic_dir
+
+from .binarize import binarize
 from .card import summary_table, write_card
 from .clean import normalize_lang
 from .corpus import Corpus
@@ -160,15 +162,9 @@ def build(args, progress):
         raise ValueError("no language reaches --min-pairs %d; lower it or add --packages" % args.min_pairs)
 
     out = os.path.abspath(args.out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
-    try:
-        from .binarize import binarize
-        from fairseq_taskmoe.checkpoints import current_umask
-
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a shared corpus must be readable
-
+    # Built in a hidden sibling temp dir (umask mode), renamed into place; with --force the old
+    # tree is pushed aside and removed only once the new one is there. Nothing is left on failure.
+    with atomic_dir(out, replace=args.force) as tmp:
         chosen = {lang: splits[lang] for lang in langs}
         _, vocab = binarize(chosen, tmp, args.vocab_size, workers=args.workers, progress=progress)
         for lang in langs:
@@ -192,16 +188,6 @@ def build(args, progress):
             seconds=time.time() - start, command=" ".join(["fairseq-taskmoe-prepare-data"] + sys.argv[1:]),
         )
         write_card(tmp, card)
-        if os.path.exists(out):  # --force: swap, then delete the old tree
-            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
-            os.replace(out, os.path.join(old, "x"))
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, counts, source_rows, time.time() - start
 
 

@@ -10,13 +10,10 @@ source (split.py), so the first ``n`` sentences are a random sample, the same on
 direction of a pair and across runs. The corpus itself is never modified.
 """
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from fairseq_taskmoe.checkpoints import current_umask
+from fairseq_taskmoe.checkpoints import atomic_dir
 
 
 def sample_name(split, n):
@@ -49,10 +46,13 @@ def make_sample_view(data, out, split="test", n=100):
     if n < 1:
         raise ValueError("--n must be >= 1, got %d" % n)
     name = sample_name(split, n)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ValueError("--out %s exists and is not a directory; give a directory to (re)create" % out)
+    if data == out.resolve() or out.resolve() in data.parents:
+        raise ValueError("--out %s would replace --data %s; give a separate directory" % (out, data))
+    # Built in a hidden sibling temp dir (umask mode), then swapped in: a reader never sees half a view.
+    with atomic_dir(out, replace=True) as tmp:
+        tmp = Path(tmp)
         (tmp / "raw").mkdir()
         for entry in data.iterdir():
             if entry.name != "raw":
@@ -67,12 +67,6 @@ def make_sample_view(data, out, split="test", n=100):
                 raw = (data / "raw" / ("%s.%s.%s" % (split, pair, lang))).read_text(encoding="utf-8")
                 lines = raw.splitlines(keepends=True)[: counts[pair]]
                 (tmp / "raw" / ("%s.%s.%s" % (name, pair, lang))).write_text("".join(lines), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
 
 

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from fairseq_taskmoe.data import binarize as binarize_mod
-from fairseq_taskmoe.data import prepare, sources
+from fairseq_taskmoe.data import sources
 from fairseq_taskmoe.data.prepare import cli_main
 from fairseq_taskmoe.data.split import source_key
 
@@ -114,11 +114,15 @@ def test_disk_full_while_writing_is_one_line_with_the_path(fake_wheel_cache, tmp
 
 
 def test_read_only_output_directory_is_one_line_with_the_path(fake_wheel_cache, tmp_path, capsys, monkeypatch):
-    def read_only(prefix, dir):
-        raise OSError(errno.EROFS, "Read-only file system", dir)
+    ro, real_mkdir = tmp_path / "ro", os.mkdir
 
-    monkeypatch.setattr(prepare.tempfile, "mkdtemp", read_only)
-    assert cli_main(_argv(fake_wheel_cache, tmp_path / "ro" / "o")) == 2
+    def mkdir(path, *args, **kwargs):  # any directory under ro/ (the output, its temp dir) fails
+        if os.fspath(path).startswith(str(ro)):
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert cli_main(_argv(fake_wheel_cache, ro / "o")) == 2
     err = _one_line_error(capsys)
     assert "read-only file system" in err and str(tmp_path / "ro") in err
 

@@ -42,3 +42,9 @@ def test_sample_cli_errors(corpus, tmp_path, capsys):
     assert cli_main(["--data", str(corpus), "--out", str(tmp_path / "v"), "--split", "nosuch"]) == 2
     assert "--split nosuch" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+    (tmp_path / "f").write_text("keep")
+    assert cli_main(["--data", str(corpus), "--out", str(tmp_path / "f")]) == 2
+    assert "is not a directory" in capsys.readouterr().err and (tmp_path / "f").read_text() == "keep"
+    for out in (corpus, corpus.parent):
+        assert cli_main(["--data", str(corpus), "--out", str(out)]) == 2
+        assert "would replace --data" in capsys.readouterr().err and (corpus / "dict.txt").exists()
