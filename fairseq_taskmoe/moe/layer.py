@@ -1,11 +1,12 @@
 """The MoE FFN block: router + top-k + capacity + experts, with its aux loss.
 
-Legend: L length, B batch, D model dim, T routed (non-pad) tokens, E experts,
-K experts per token.
+Legend: L length, B batch, D model dim, F expert FFN width, T routed (non-pad) tokens,
+E experts, K experts per token.
 """
 
+from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,41 @@ from torch import Tensor
 
 from fairseq_taskmoe.moe.experts import StackedExperts, dispatch_combine
 from fairseq_taskmoe.moe.router import Router
-from fairseq_taskmoe.moe.routing import apply_capacity, capacity, load_balancing_loss, top_k_experts
+from fairseq_taskmoe.moe.routing import (
+    ROUTINGS, SECOND_POLICIES, apply_capacity, capacity, check_top_k, load_balancing_loss,
+    top_k_experts,
+)
+
+
+@dataclass(frozen=True)
+class MoELayerConfig:
+    """What one MoE layer is built from (``models.layers.moe_layer_config`` fills it from the flags).
+
+    Defaults match the ``--moe-*`` flag defaults.
+    """
+
+    embed_dim: int  # D
+    ffn_dim: int  # F, each expert's hidden width
+    num_experts: int  # E, experts of the whole layer
+    routing: str  # one of moe.routing.ROUTINGS
+    top_k: int  # K, 1 or 2
+    activation_fn: Callable[[Tensor], Tensor]
+    activation_dropout: float = 0.0
+    num_tasks: int = 0  # task-gate rows (task routing)
+    causal: bool = False  # decoder: prefix-mean sentence routing, always dropless
+    capacity_factor: float = 1.25  # training, token routing, non-causal
+    eval_capacity_factor: float = 0.0  # <= 0: dropless in evaluation
+    dropless: bool = False
+    second_policy: str = "all"  # one of moe.routing.SECOND_POLICIES
+    gate_fp32: bool = False  # --moe-gate-fp32
+
+    def __post_init__(self):
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {self.routing!r}; valid: {', '.join(ROUTINGS)}")
+        if self.second_policy not in SECOND_POLICIES:
+            raise ValueError(f"--moe-second-expert-policy must be one of "
+                             f"{', '.join(SECOND_POLICIES)}; got {self.second_policy!r}")
+        check_top_k(self.top_k, self.num_experts)
 
 
 class MoEStats(NamedTuple):
@@ -33,23 +68,24 @@ class MoEStats(NamedTuple):
 class MoELayer(nn.Module):
     """Replaces a transformer FFN: ``y = sum_k w_k * expert_k(x)``.
 
-    ``expert_group`` (set by ``fairseq_taskmoe.parallel``) shards the experts
-    over ranks; without it all E experts are local.
+    Built from a ``MoELayerConfig``; ``MoELayer(embed_dim, ffn_dim, ...)`` with
+    the config's fields (positional or keyword) is shorthand for
+    ``MoELayer(MoELayerConfig(embed_dim, ffn_dim, ...))``. All E experts are
+    local; expert parallelism (``fairseq_taskmoe.parallel``) shards them over
+    ranks and runs them through ``expert_fn``.
     """
 
-    def __init__(self, embed_dim, ffn_dim, num_experts, routing, top_k, activation_fn,
-                 activation_dropout=0.0, num_tasks=0, causal=False, capacity_factor=1.25,
-                 eval_capacity_factor=0.0, dropless=False, second_policy="all",
-                 gate_fp32=True, num_local_experts=None):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"--moe-expert-count must be >= 1, got {num_experts}")
-        if top_k > num_experts:
-            raise ValueError(f"--moe-top-k ({top_k}) must be <= --moe-expert-count ({num_experts})")
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.routing = routing
-        self.second_policy = second_policy
+        if len(args) == 1 and not kwargs and isinstance(args[0], MoELayerConfig):
+            cfg = args[0]
+        else:
+            cfg = MoELayerConfig(*args, **kwargs)
+        self.cfg = cfg
+        self.num_experts = cfg.num_experts
+        self.top_k = cfg.top_k
+        self.routing = cfg.routing
+        self.second_policy = cfg.second_policy
         # Sentence and task routing send a whole sentence/task to K experts: a
         # batch dominated by one task would overflow any fixed capacity.
         # Causal (decoder) layers are dropless too: a capacity queue over the batch
@@ -60,12 +96,13 @@ class MoELayer(nn.Module):
         # dropless is exactly causal, routes training like inference (eval is
         # dropless by default), and sort-based dispatch costs only the real
         # assignments, so no capacity buffer is padded.
-        self.dropless = dropless or routing != "token" or causal
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.router = Router(routing, embed_dim, num_experts, num_tasks, causal, gate_fp32)
-        self.experts = StackedExperts(num_local_experts or num_experts, embed_dim, ffn_dim,
-                                      activation_fn, activation_dropout)
+        self.dropless = cfg.dropless or cfg.routing != "token" or cfg.causal
+        self.capacity_factor = cfg.capacity_factor
+        self.eval_capacity_factor = cfg.eval_capacity_factor
+        self.router = Router(cfg.routing, cfg.embed_dim, cfg.num_experts, cfg.num_tasks, cfg.causal,
+                             cfg.gate_fp32)
+        self.experts = StackedExperts(cfg.num_experts, cfg.embed_dim, cfg.ffn_dim, cfg.activation_fn,
+                                      cfg.activation_dropout)
         self.expert_fn = None  # replaced by the expert-parallel wrapper when sharded
 
     def route(self, x_bld: Tensor, mask: Tensor, task_ids: Optional[Tensor], incremental_state=None):

@@ -24,9 +24,7 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
-from fairseq_taskmoe.moe.routing import prefix_mean, segment_mean
-
-ROUTINGS = ("token", "sentence", "sentence-pooled", "task")
+from fairseq_taskmoe.moe.routing import ROUTINGS, prefix_mean, segment_mean
 
 
 @with_incremental_state
@@ -35,7 +33,7 @@ class Router(nn.Module):
     # task gate with fewer rows loads into the first rows, the rest keep their init.
     allow_new_task_rows = False
 
-    def __init__(self, routing, embed_dim, num_experts, num_tasks=0, causal=False, gate_fp32=True):
+    def __init__(self, routing, embed_dim, num_experts, num_tasks=0, causal=False, gate_fp32=False):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"unknown routing {routing!r}; valid: {', '.join(ROUTINGS)}")

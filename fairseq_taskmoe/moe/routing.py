@@ -13,6 +13,20 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+# The one definition of each choice (config.py builds the --moe-* ChoiceEnums from them).
+ROUTINGS = ("token", "sentence", "sentence-pooled", "task")  # --moe-*-routing adds "none" (dense)
+SECOND_POLICIES = ("all", "sampling", "random")  # --moe-second-expert-policy
+
+
+def check_top_k(top_k: int, num_experts: int):
+    """The one check of ``--moe-top-k`` against ``--moe-expert-count`` (flag, model, layer)."""
+    if num_experts < 1:
+        raise ValueError(f"--moe-expert-count must be >= 1, got {num_experts}")
+    if top_k not in (1, 2):
+        raise ValueError(f"--moe-top-k must be 1 or 2, got {top_k}")
+    if top_k > num_experts:
+        raise ValueError(f"--moe-top-k ({top_k}) must be <= --moe-expert-count ({num_experts})")
+
 
 class Routing(NamedTuple):
     """Top-k routing decision for T tokens."""
@@ -48,9 +62,7 @@ def top_k_experts(
         probability.
     """
     probs = F.softmax(logits.float(), dim=-1)  # (S, E)
-    num_experts = probs.size(-1)
-    if k < 1 or k > min(2, num_experts):
-        raise ValueError(f"--moe-top-k must be 1 or 2 and <= --moe-expert-count, got {k}")
+    check_top_k(k, probs.size(-1))
     first = probs.argmax(dim=-1, keepdim=True)  # (S, 1)
     if k == 1:
         # Switch-style: weight by the gate probability so the gate learns from

@@ -5,14 +5,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fairseq_taskmoe.moe.layer import MoELayer
+from fairseq_taskmoe.moe.layer import MoELayer, MoELayerConfig
 
 D, FF = 16, 32
 
 
 def make_layer(num_experts=4, routing="token", top_k=2, num_tasks=3, causal=False, **kw):
     torch.manual_seed(0)
-    return MoELayer(D, FF, num_experts, routing, top_k, F.relu, num_tasks=num_tasks, causal=causal, **kw)
+    return MoELayer(MoELayerConfig(D, FF, num_experts, routing, top_k, F.relu, num_tasks=num_tasks,
+                                   causal=causal, **kw))
 
 
 def naive_moe(layer, x, mask, task_ids):
@@ -167,7 +168,7 @@ def test_bf16_layer_close_to_fp32_and_gate_softmax_in_fp32(routing):
 
 @pytest.mark.gpu
 def test_cuda_bf16_matches_cpu_fp32():
-    layer = make_layer(routing="token")
+    layer = make_layer(routing="token", gate_fp32=True)  # as before MoELayerConfig (its default is the flag's, False)
     layer.eval()
     x, pad = batch()
     y_cpu, _ = layer(x, pad)
@@ -228,3 +229,38 @@ def test_gate_fp32_under_cpu_autocast(routing, causal):
     low = make_layer(routing=routing, causal=causal, gate_fp32=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert low.router(x_bld, mask, None)[0].dtype == torch.bfloat16
+
+
+def test_layer_config_defaults_match_the_flags():
+    """MoELayerConfig's defaults are the --moe-* flag defaults (gate_fp32 was True in the layer)."""
+    from fairseq_taskmoe.config import MoEConfig
+
+    flags, cfg = MoEConfig(), MoELayerConfig(D, FF, 4, "token", 2, F.relu)
+    assert (cfg.capacity_factor, cfg.eval_capacity_factor, cfg.dropless, cfg.second_policy,
+            cfg.gate_fp32) == (flags.moe_capacity_factor, flags.moe_eval_capacity_factor,
+                               flags.moe_dropless, str(flags.moe_second_expert_policy),
+                               flags.moe_gate_fp32)
+    assert make_layer().router.gate_fp32 is False
+
+
+def test_positional_fields_build_the_same_layer_as_the_config():
+    torch.manual_seed(0)
+    a = MoELayer(D, FF, 4, "token", 2, F.relu, capacity_factor=0.5)
+    torch.manual_seed(0)
+    b = MoELayer(MoELayerConfig(D, FF, 4, "token", 2, F.relu, capacity_factor=0.5))
+    assert a.cfg == b.cfg
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(routing="tokens"), "unknown routing 'tokens'; valid: token, sentence"),
+    (dict(second_policy="top"), "--moe-second-expert-policy must be one of all, sampling, random"),
+    (dict(top_k=3), "--moe-top-k must be 1 or 2, got 3"),
+    (dict(num_experts=1, top_k=2), r"--moe-top-k \(2\) must be <= --moe-expert-count \(1\)"),
+    (dict(num_experts=0, top_k=1), "--moe-expert-count must be >= 1, got 0"),
+])
+def test_layer_config_refuses_bad_values(kw, match):
+    args = dict(embed_dim=D, ffn_dim=FF, num_experts=4, routing="token", top_k=2, activation_fn=F.relu)
+    with pytest.raises(ValueError, match=match):
+        MoELayerConfig(**{**args, **kw})
