@@ -14,8 +14,9 @@ to its two experts). Bytes sent = rows handed to the all-to-all x D x 4, both
 directions, summed over ranks, per layer call. Time = median of ``--repeats``
 steps, the max over ranks.
 
-With ``--train-updates N`` it also times fairseq-train (W = 1) on the toy data
-in ``--data`` (built if missing): the task-MoE tiny model against a dense model
+With ``--train-updates N`` it also times fairseq-train (W = 1) on the corpus
+in ``--data`` (``benchlib.toy_corpus``, en<->de/fr/es, built there if --data
+holds no binarized corpus): the task-MoE tiny model against a dense model
 of the same active parameters (FFN width 2F, the two experts a token uses) and
 reports words/s from fairseq's ``wps``.
 
@@ -151,24 +152,28 @@ def layer_rows(args):
     return rows
 
 
+def train_flags(save_dir, max_update, extra=()):
+    """fairseq-train flags of the timed run: the tiny task-MoE recipe, CPU, no checkpoints."""
+    return ["--arch", "transformer_taskmoe_tiny", "--criterion", "label_smoothed_cross_entropy_moe",
+            "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "0.003", "--max-tokens", "400",
+            "--max-update", str(max_update), "--save-dir", save_dir, "--no-progress-bar",
+            "--log-format", "simple", "--log-interval", "1", "--num-workers", "0", "--seed", "1",
+            "--sampling-method", "temperature", "--sampling-temperature", "1.5", "--cpu", "--no-save", *extra]
+
+
 def train_wps(args):
     """fairseq-train words/s, task-MoE vs dense with the same active params (W = 1)."""
     data = Path(args.data)
-    if not (data / "dict.txt").exists() and not list(data.glob("dict.*.txt")):
-        sys.path.insert(0, str(REPO / "tests"))
-        from taskmoe_testlib import binarize, write_toy_corpus
-        write_toy_corpus(data / "raw")
-        data = Path(binarize(data / "raw", data / "bin"))
-    sys.path.insert(0, str(REPO / "tests"))
-    from taskmoe_testlib import BIN, multilingual_task_args, train_args
+    if not (data / "dict.txt").exists() and not list(data.glob("dict.*.txt")):  # the toy corpus, built once
+        data = benchlib.toy_corpus(data, langs=("de", "fr", "es"))
     models = {"task-moe": ["--moe-encoder-routing", "task", "--moe-decoder-routing", "task"],
               "dense": ["--moe-freq", "0", "--encoder-ffn-embed-dim", "256",
                         "--decoder-ffn-embed-dim", "256"]}
     rows = []
     for name, flags in models.items():
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [str(BIN / "fairseq-train"), *map(str, multilingual_task_args(data)),
-                   *map(str, train_args(tmp, args.train_updates, ["--cpu", "--no-save", *flags]))]
+            cmd = [str(Path(sys.executable).parent / "fairseq-train"), *benchlib.task_flags(data),
+                   *train_flags(tmp, args.train_updates, flags)]
             log = subprocess.run(cmd, capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
             if log.returncode:
@@ -189,7 +194,8 @@ def main(argv=None):
     p.add_argument("--tasks", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--train-updates", type=int, default=0, help="also time fairseq-train (0: skip)")
-    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "ep_bench_toy"))
+    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "ep_bench_toy"),
+                   help="binarized corpus for --train-updates (the toy corpus is built here if it holds none)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "expert_parallel.json"))
     args = p.parse_args(argv)
     rows = layer_rows(args)
