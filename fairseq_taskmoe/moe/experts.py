@@ -1,6 +1,7 @@
 """Stacked expert FFNs and sort-based dispatch.
 
-Legend: T tokens, K experts per token, A kept assignments (<= T*K), E experts,
+Legend: T tokens, K experts per token, A kept assignments (<= T*K), E experts
+(in ``StackedExperts``: those held, all or an expert-parallel rank's share),
 D model dim, F expert FFN dim.
 
 Expert weights live in four stacked tensors in ``nn.Linear`` layout
@@ -19,30 +20,48 @@ import torch.nn.functional as F
 
 
 class StackedExperts(nn.Module):
-    """E independent FFNs ``fc2(dropout(act(fc1(x))))`` with stacked weights."""
+    """E independent FFNs ``fc2(dropout(act(fc1(x))))`` with stacked weights.
 
-    def __init__(self, num_experts, embed_dim, ffn_dim, activation_fn, activation_dropout=0.0):
+    ``rows=(lo, hi)`` keeps only global experts ``lo .. hi-1`` of ``num_experts``
+    (an expert-parallel rank's share, see ``fairseq_taskmoe.parallel``); the
+    default keeps them all. ``self.num_experts`` is the number held.
+    ``tag_expert`` sets fairseq's ``param.expert`` tag: its data-parallel
+    wrappers (legacy_ddp) skip the gradient all-reduce of such params, and its
+    ``clip_grad_norm_`` leaves them out of the norm.
+    """
+
+    def __init__(self, num_experts, embed_dim, ffn_dim, activation_fn, activation_dropout=0.0,
+                 rows=None, tag_expert=True):
         super().__init__()
-        self.num_experts = num_experts
-        self.fc1_weight = nn.Parameter(torch.empty(num_experts, ffn_dim, embed_dim))  # (E, F, D)
-        self.fc1_bias = nn.Parameter(torch.empty(num_experts, ffn_dim))  # (E, F)
-        self.fc2_weight = nn.Parameter(torch.empty(num_experts, embed_dim, ffn_dim))  # (E, D, F)
-        self.fc2_bias = nn.Parameter(torch.empty(num_experts, embed_dim))  # (E, D)
+        lo, hi = rows if rows is not None else (0, num_experts)
+        assert 0 <= lo < hi <= num_experts, (rows, num_experts)
+        self.total_experts, self.rows = num_experts, (lo, hi)
+        self.num_experts = hi - lo
+        self.fc1_weight = nn.Parameter(torch.empty(hi - lo, ffn_dim, embed_dim))  # (E, F, D)
+        self.fc1_bias = nn.Parameter(torch.empty(hi - lo, ffn_dim))  # (E, F)
+        self.fc2_weight = nn.Parameter(torch.empty(hi - lo, embed_dim, ffn_dim))  # (E, D, F)
+        self.fc2_bias = nn.Parameter(torch.empty(hi - lo, embed_dim))  # (E, D)
         self.activation_fn = activation_fn
         self.activation_dropout = activation_dropout
-        for p in self.parameters():
-            # fairseq's data-parallel wrappers skip the gradient all-reduce of
-            # params tagged `expert` (--ddp-backend legacy_ddp).
-            p.expert = True
+        if tag_expert:
+            for p in self.parameters():
+                p.expert = True  # fairseq tests hasattr(p, "expert")
         self.reset_parameters()
 
     def reset_parameters(self):
-        # Same init as each expert being its own nn.Linear.
-        for e in range(self.num_experts):
+        # Same init as each expert being its own nn.Linear. Every one of the
+        # total_experts draws its random numbers, in order, held here or not: a
+        # rank's experts are then exactly the rows of the single-process model
+        # built from the same seed, and the RNG is left where that model leaves it.
+        lo, hi = self.rows
+        for e in range(self.total_experts):
             for w, b in ((self.fc1_weight, self.fc1_bias), (self.fc2_weight, self.fc2_bias)):
-                nn.init.kaiming_uniform_(w.data[e], a=math.sqrt(5))
+                held = lo <= e < hi
+                w_e = w.data[e - lo] if held else torch.empty_like(w.data[0])
+                b_e = b.data[e - lo] if held else torch.empty_like(b.data[0])
+                nn.init.kaiming_uniform_(w_e, a=math.sqrt(5))
                 bound = 1 / math.sqrt(w.size(-1))
-                nn.init.uniform_(b.data[e], -bound, bound)
+                nn.init.uniform_(b_e, -bound, bound)
 
     def expert_forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Run local expert ``e`` on x (N, D) -> (N, D)."""

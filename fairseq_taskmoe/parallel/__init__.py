@@ -1,8 +1,11 @@
 """Expert parallelism on fairseq's own distributed training.
 
-Imports register ``--optimizer adam_ep``; ``shard_experts_for_expert_parallel``
-is called from ``TransformerTaskMoEModel.build_model``. See docs/PARALLEL.md.
+Imports register ``--optimizer adam_ep``. ``TransformerTaskMoEModel.build_model``
+gets the ``ExpertParallelPlan`` from ``expert_parallel_from_args`` and hands it to
+every MoE layer it builds. See docs/PARALLEL.md.
 """
 
 from fairseq_taskmoe.parallel import optimizer  # noqa: F401  (registers adam_ep)
-from fairseq_taskmoe.parallel.sharding import shard_experts_for_expert_parallel  # noqa: F401
+from fairseq_taskmoe.parallel.sharding import (  # noqa: F401
+    ExpertParallelPlan, expert_parallel_from_args, shard_experts_for_expert_parallel,
+)

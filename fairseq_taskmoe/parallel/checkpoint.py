@@ -1,9 +1,9 @@
 """Expert tensors across ranks: who saves what, and loading at any world size.
 
-``ExpertParallelPlan`` is the one object that knows this process's share of
-the experts (rank, world size, the name of every expert param) and how they
-reach a checkpoint. It is built with the model (``sharding.py``); the
-``adam_ep`` optimizer finds it through ``param.expert_shard``.
+The hooks here read and write through the model's ``ExpertParallelPlan``
+(``sharding.py``): this process's share of the experts (rank, world size, the
+name of every expert param, the tensors gathered for a complete checkpoint).
+The ``adam_ep`` optimizer finds the plan through ``param.expert_shard``.
 
 Saving. fairseq writes checkpoints on rank 0 only; the one hook it calls on
 every rank right before is ``optimizer.consolidate_state_dict()``
@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fairseq_taskmoe.parallel.shards import REF_KEY, ShardReader, resolve_shard_dir
+from fairseq_taskmoe.parallel.shards import REF_KEY
 
 EXPERT_PARAM_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
 
@@ -50,56 +50,12 @@ def slice_dim0(t: Tensor, rank: int, world: int, local_rows: int, what: str) -> 
     return t[rank * local_rows:(rank + 1) * local_rows].clone()
 
 
-class ExpertParallelPlan:
-    """This process's experts: rank, world size, names, and where checkpoints live."""
-
-    def __init__(self, rank: int, world: int, gather: bool, save_dir=None, load_dirs=()):
-        self.rank, self.world, self.gather = rank, world, gather
-        self.save_dir = save_dir
-        self.load_dirs = [d for d in load_dirs if d]
-        self.names = {}  # id(param) -> state-dict name
-        self.params = {}  # state-dict name -> param
-        self.pending_ref = None  # shard set written by the last consolidate (every rank)
-        self.reader = None  # shard set read by the last model load, reused by the optimizer
-
-    @property
-    def sharded_save(self) -> bool:
-        return self.world > 1 and not self.gather
-
-    def add(self, prefix: str, experts):
-        for n in EXPERT_PARAM_NAMES:
-            p = getattr(experts, n)
-            self.names[id(p)] = f"{prefix}.{n}"
-            self.params[f"{prefix}.{n}"] = p
-            p.expert_shard = self
-
-    def name_of(self, p) -> str:
-        return self.names[id(p)]
-
-    def rows(self, p):
-        """(lo, hi): the global expert rows this rank holds of param ``p``."""
-        return self.rank * p.size(0), (self.rank + 1) * p.size(0)
-
-    def reader_for(self, ref: dict, hints=()) -> ShardReader:
-        if self.reader is None or self.reader.ref["set_id"] != ref["set_id"]:
-            self.reader = ShardReader(ref, resolve_shard_dir(ref, [*hints, *self.load_dirs]))
-        return self.reader
-
-
-def gather_expert_params(params, group=None):
-    """Collective: leave the full tensor of each sharded expert param on rank 0."""
-    for p in params:
-        if getattr(p, "expert_shard", None) is not None:
-            p._ep_gathered = gather_dim0_to_rank0(p.data, group)
-
-
-def full_experts_state_dict_hook(module, state_dict, prefix, local_metadata):
+def full_experts_state_dict_hook(module, state_dict, prefix, local_metadata, plan):
     """``StackedExperts`` post-hook (--moe-gather-checkpoint): write all E experts."""
-    if getattr(module.fc1_weight, "expert_shard").sharded_save:
+    if plan.sharded_save:
         return
     for name in EXPERT_PARAM_NAMES:
-        p = getattr(module, name)
-        full = p.__dict__.pop("_ep_gathered", None)
+        full = plan.pop_gathered(getattr(module, name))
         if full is None:
             raise RuntimeError(
                 f"expert parallel: {prefix}{name} holds only this rank's experts and no gathered "
@@ -140,13 +96,13 @@ def experts_load_hook(module, state_dict, prefix, local_metadata, strict, missin
             state_dict[key] = slice_dim0(state_dict[key], plan.rank, plan.world, p.size(0), key)
 
 
-def install_checkpoint_hooks(model, plan: ExpertParallelPlan, experts_modules):
+def install_checkpoint_hooks(model, plan, experts_modules):
     """Load at any W; save sharded or gathered (the hooks read ``plan.gather`` when called)."""
     model.register_load_state_dict_pre_hook(partial(experts_load_hook, plan=plan))
     if plan.world > 1:
         model.register_state_dict_post_hook(partial(shared_state_dict_hook, plan=plan))
         for experts in experts_modules:
-            experts.register_state_dict_post_hook(full_experts_state_dict_hook)
+            experts.register_state_dict_post_hook(partial(full_experts_state_dict_hook, plan=plan))
 
 
 def load_dirs_from_args(args):

@@ -22,14 +22,18 @@ import torch.distributed as dist
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 
-from fairseq_taskmoe.parallel.checkpoint import gather_dim0_to_rank0, gather_expert_params, slice_dim0
+from fairseq_taskmoe.parallel.checkpoint import gather_dim0_to_rank0, slice_dim0
 from fairseq_taskmoe.parallel.shards import (
     REF_KEY, ShardReader, collect_garbage, new_set_id, resolve_shard_dir, write_shard,
 )
 
 
 def _shard(p):
-    """The ``ExpertParallelPlan`` of an expert param (any W), else None."""
+    """The ``ExpertParallelPlan`` of an expert param (any W), else None.
+
+    fairseq builds the optimizer from the params alone, so ``p.expert_shard``
+    (set by ``ExpertParallelPlan.attach``) is the one way to reach the plan;
+    names, rows and gathered tensors all come from the plan itself."""
     return getattr(p, "expert_shard", None)
 
 
@@ -69,7 +73,7 @@ class ExpertParallelAdam(Adam):
             plan.pending_ref = ref
             collect_garbage(plan.save_dir, plan.rank, keep=set_id)
             return
-        gather_expert_params(params)
+        plan.gather_experts()
         keys = [(i, k) for i, p in enumerate(params) if _sharded(p)
                 for k, v in sorted(self.state.get(p, {}).items())
                 if torch.is_tensor(v) and v.shape == p.shape]

@@ -1,11 +1,15 @@
-"""Turn a built model into its expert-parallel shard for this rank.
+"""Who holds which experts: the expert-parallel plan, decided once per model.
 
-``shard_experts_for_expert_parallel(model, args)`` is called at the end of
-``TransformerTaskMoEModel.build_model``. When ``torch.distributed`` is
-initialized with world size W > 1 it keeps experts ``rank*E/W ..`` of every
-MoE layer (all ranks build the full model from the same seed first, so the
-shards are the slices of the W = 1 model), routes tokens through the
-all-to-all, and fixes the gradient scale.
+``expert_parallel_from_args(args)`` runs at the start of
+``TransformerTaskMoEModel.build_model``: it reads the world size of
+``torch.distributed`` once, checks the training flags, and returns the
+``ExpertParallelPlan`` that every ``MoELayer`` receives at construction. With
+W > 1 the plan builds each layer's ``StackedExperts`` holding only experts
+``rank*E/W .. (rank+1)*E/W - 1`` (every rank draws the random numbers of all E
+experts, so the shards are exactly the slices of the W = 1 model from the same
+seed) and the all-to-all that runs them; with W = 1 it builds all E experts,
+run locally. ``plan.attach(model)`` then names the experts by their place in
+the model and installs the checkpoint hooks (``checkpoint.py``).
 
 Gradient scale: fairseq averages data-parallel grads over W (legacy_ddp
 divides by W before its all-reduce) and then multiplies every grad by
@@ -18,11 +22,12 @@ expert grads by W, giving g_e / S as with W = 1.
 
 import torch.distributed as dist
 
-from fairseq_taskmoe.moe.layer import MoELayer
+from fairseq_taskmoe.moe.experts import StackedExperts
 from fairseq_taskmoe.parallel.all_to_all import ExpertParallelRun
 from fairseq_taskmoe.parallel.checkpoint import (
-    EXPERT_PARAM_NAMES, ExpertParallelPlan, install_checkpoint_hooks, load_dirs_from_args,
+    EXPERT_PARAM_NAMES, gather_dim0_to_rank0, install_checkpoint_hooks, load_dirs_from_args,
 )
+from fairseq_taskmoe.parallel.shards import ShardReader, resolve_shard_dir
 
 # fairseq's wrappers that skip the all-reduce of params tagged `expert`. c10d /
 # pytorch_ddp would average different experts' grads across ranks.
@@ -69,52 +74,144 @@ def check_training_args(args, world: int):
                          "or --amp")
 
 
-def shard_moe_layer(moe: MoELayer, rank: int, world: int):
-    """Keep this rank's E/W experts of ``moe`` and dispatch through the all-to-all."""
-    if moe.num_experts % world != 0:
-        raise ValueError(f"expert parallel: --moe-expert-count ({moe.num_experts}) must be "
-                         f"divisible by --distributed-world-size ({world})")
-    experts = moe.experts
-    n_local = moe.num_experts // world
-    assert experts.num_experts == moe.num_experts, "layer already sharded"
-    for name in EXPERT_PARAM_NAMES:
-        p = getattr(experts, name)
-        p.data = p.data[rank * n_local:(rank + 1) * n_local].clone()
-        p.register_hook(lambda g, w=world: g / w)  # see the module docstring
-    experts.num_experts = n_local
-    moe.expert_fn = ExpertParallelRun(experts)
+def expert_parallel_world():
+    """(rank, world size) of the expert-parallel group (all ranks), or None when off."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return dist.get_rank(), dist.get_world_size()
 
 
-def untag_experts(experts):
-    """W = 1: experts are ordinary params. fairseq's ``clip_grad_norm_`` leaves params tagged
-    ``expert`` out of the grad norm (it only scales them), so a single-process run with
-    ``--clip-norm`` would clip on the dense params alone; the tag is only needed to keep
-    sharded experts out of the data-parallel all-reduce."""
-    for name in EXPERT_PARAM_NAMES:
-        p = getattr(experts, name)
-        if hasattr(p, "expert"):
-            del p.expert
+class ExpertParallelPlan:
+    """This process's share of the experts, and everything that follows from it.
 
-
-def shard_experts_for_expert_parallel(model, args=None):
-    """Shard every MoE layer of ``model`` when distributed with W > 1.
-
-    At any W, attaches the ``ExpertParallelPlan`` (names of expert params and
-    checkpoint hooks), so a W = 1 model loads a sharded checkpoint too.
+    Owns rank, world size, the state-dict name of every expert param, the
+    tensors gathered for a complete checkpoint and the shard set last written
+    or read. Built before the model, handed to every ``MoELayer``
+    (``build_experts``), then ``attach``-ed to the finished model.
     """
+
+    def __init__(self, rank: int = 0, world: int = 1, gather: bool = False, save_dir=None,
+                 load_dirs=()):
+        self.rank, self.world, self.gather = rank, world, gather
+        self.save_dir = save_dir
+        self.load_dirs = [d for d in load_dirs if d]
+        self.names = {}  # id(param) -> state-dict name
+        self.params = {}  # state-dict name -> param
+        self.gathered = {}  # --moe-gather-checkpoint: name -> all E rows (rank 0; None elsewhere)
+        self.pending_ref = None  # shard set written by the last consolidate (every rank)
+        self.reader = None  # shard set read by the last model load, reused by the optimizer
+        self._built = []  # StackedExperts built by this plan, named by attach()
+
+    @property
+    def sharded_save(self) -> bool:
+        return self.world > 1 and not self.gather
+
+    def local_rows(self, num_experts: int):
+        """(lo, hi): the global experts this rank holds of a layer with ``num_experts``."""
+        if num_experts % self.world != 0:
+            raise ValueError(f"expert parallel: --moe-expert-count ({num_experts}) must be "
+                             f"divisible by --distributed-world-size ({self.world})")
+        n_local = num_experts // self.world
+        return self.rank * n_local, (self.rank + 1) * n_local
+
+    def build_experts(self, num_experts, embed_dim, ffn_dim, activation_fn, activation_dropout=0.0):
+        """This rank's ``StackedExperts`` of an MoE layer, and its ``expert_fn`` (None: run
+        locally, W = 1; else the all-to-all over ranks)."""
+        # Tagged `expert` only when sharded: the tag keeps them out of legacy_ddp's all-reduce
+        # (each rank holds different experts), but fairseq's clip_grad_norm_ also leaves tagged
+        # params out of the norm, so at W = 1 (--clip-norm) they must be ordinary params.
+        experts = StackedExperts(num_experts, embed_dim, ffn_dim, activation_fn, activation_dropout,
+                                 rows=self.local_rows(num_experts), tag_expert=self.world > 1)
+        return experts, self._adopt(experts)
+
+    def _adopt(self, experts):
+        """Count ``experts`` as built by this plan; its ``expert_fn`` (None at W = 1)."""
+        self._built.append(experts)
+        if self.world == 1:
+            return None
+        for p in experts.parameters():
+            p.register_hook(lambda g, w=self.world: g / w)  # see the module docstring
+        return ExpertParallelRun(experts)
+
+    def attach(self, model):
+        """Name the experts this plan built by their place in ``model``; install the hooks
+        that load them at any W and save them sharded or gathered."""
+        built = {id(m) for m in self._built}
+        found = [(name, m) for name, m in model.named_modules() if id(m) in built]
+        if len(found) != len(self._built):
+            raise RuntimeError(f"expert parallel: {len(self._built)} expert modules were built "
+                               f"with this plan, {len(found)} are in the model")
+        for name, experts in found:
+            for n in EXPERT_PARAM_NAMES:
+                p = getattr(experts, n)
+                self.names[id(p)] = f"{name}.{n}" if name else n
+                self.params[self.names[id(p)]] = p
+                # The one link from a param to the plan: fairseq builds the optimizer from the
+                # params alone (Trainer -> build_optimizer(cfg, params)), so this is how adam_ep
+                # finds the plan. Everything else goes through the plan.
+                p.expert_shard = self
+        install_checkpoint_hooks(model, self, [m for _, m in found])
+        return model
+
+    def name_of(self, p) -> str:
+        return self.names[id(p)]
+
+    def rows(self, p):
+        """(lo, hi): the global expert rows this rank holds of param ``p``."""
+        return self.rank * p.size(0), (self.rank + 1) * p.size(0)
+
+    def reader_for(self, ref: dict, hints=()) -> ShardReader:
+        if self.reader is None or self.reader.ref["set_id"] != ref["set_id"]:
+            self.reader = ShardReader(ref, resolve_shard_dir(ref, [*hints, *self.load_dirs]))
+        return self.reader
+
+    def gather_experts(self, group=None):
+        """Collective (--moe-gather-checkpoint): every expert param's E rows to rank 0."""
+        self.gathered = {name: gather_dim0_to_rank0(p.data, group) for name, p in self.params.items()}
+
+    def pop_gathered(self, p):
+        """The gathered full tensor of ``p`` (once), or None when no gather ran."""
+        return self.gathered.pop(self.name_of(p), None)
+
+
+def expert_parallel_from_args(args=None) -> ExpertParallelPlan:
+    """The plan for a model about to be built: W > 1 when ``torch.distributed`` is
+    initialized with several ranks (the training flags are then checked), else W = 1
+    (a W = 1 model still loads a sharded checkpoint through its plan)."""
     world = expert_parallel_world()
     rank, size = world or (0, 1)
     if world is not None and args is not None:
         check_training_args(args, size)
-    plan = ExpertParallelPlan(rank, size, gather=bool(getattr(args, "moe_gather_checkpoint", False)),
+    return ExpertParallelPlan(rank, size, gather=bool(getattr(args, "moe_gather_checkpoint", False)),
                               save_dir=getattr(args, "save_dir", None),
                               load_dirs=load_dirs_from_args(args) if args is not None else ())
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
-    for name, moe in layers:
-        if world is None:
-            untag_experts(moe.experts)
+
+
+def shard_moe_layer(moe, rank: int, world: int, plan=None):
+    """Shard a layer built without a plan (bench/expert_parallel.py): keep this rank's rows of
+    its experts and run them through the all-to-all. Models get their experts sharded at
+    construction (``ExpertParallelPlan.build_experts``) instead."""
+    plan = plan or ExpertParallelPlan(rank, world)
+    experts = moe.experts
+    assert experts.rows == (0, moe.num_experts), "layer already sharded"
+    lo, hi = plan.local_rows(moe.num_experts)
+    for name in EXPERT_PARAM_NAMES:
+        p = getattr(experts, name)
+        p.data = p.data[lo:hi].clone()
+    experts.num_experts, experts.rows = hi - lo, (lo, hi)
+    moe.expert_fn = plan._adopt(experts)
+
+
+def shard_experts_for_expert_parallel(model, args=None):
+    """Shard every MoE layer of a built ``model`` (until build_model passes the plan down)."""
+    from fairseq_taskmoe.moe.layer import MoELayer
+
+    plan = expert_parallel_from_args(args)
+    for moe in [m for m in model.modules() if isinstance(m, MoELayer)]:
+        if plan.world > 1:
+            shard_moe_layer(moe, plan.rank, plan.world, plan)
         else:
-            shard_moe_layer(moe, rank, size)
-        plan.add(f"{name}.experts" if name else "experts", moe.experts)
-    install_checkpoint_hooks(model, plan, [moe.experts for _, moe in layers])
-    return model
+            for p in moe.experts.parameters():
+                del p.expert  # see build_experts
+            plan._adopt(moe.experts)
+    return plan.attach(model)
