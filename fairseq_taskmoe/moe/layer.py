@@ -71,11 +71,12 @@ class MoELayer(nn.Module):
     Built from a ``MoELayerConfig``; ``MoELayer(embed_dim, ffn_dim, ...)`` with
     the config's fields (positional or keyword) is shorthand for
     ``MoELayer(MoELayerConfig(embed_dim, ffn_dim, ...))``. All E experts are
-    local; expert parallelism (``fairseq_taskmoe.parallel``) shards them over
-    ranks and runs them through ``expert_fn``.
+    local unless an ``expert_parallel`` plan (``fairseq_taskmoe.parallel``) is
+    given: it builds this rank's experts and the ``expert_fn`` that runs them
+    across ranks.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, expert_parallel=None, **kwargs):
         super().__init__()
         if len(args) == 1 and not kwargs and isinstance(args[0], MoELayerConfig):
             cfg = args[0]
@@ -101,9 +102,13 @@ class MoELayer(nn.Module):
         self.eval_capacity_factor = cfg.eval_capacity_factor
         self.router = Router(cfg.routing, cfg.embed_dim, cfg.num_experts, cfg.num_tasks, cfg.causal,
                              cfg.gate_fp32)
-        self.experts = StackedExperts(cfg.num_experts, cfg.embed_dim, cfg.ffn_dim, cfg.activation_fn,
-                                      cfg.activation_dropout)
-        self.expert_fn = None  # replaced by the expert-parallel wrapper when sharded
+        if expert_parallel is None:
+            self.experts = StackedExperts(cfg.num_experts, cfg.embed_dim, cfg.ffn_dim,
+                                          cfg.activation_fn, cfg.activation_dropout)
+            self.expert_fn = None  # the local experts' forward_sorted
+        else:
+            self.experts, self.expert_fn = expert_parallel.build_experts(
+                cfg.num_experts, cfg.embed_dim, cfg.ffn_dim, cfg.activation_fn, cfg.activation_dropout)
 
     def route(self, x_bld: Tensor, mask: Tensor, task_ids: Optional[Tensor], incremental_state=None):
         """Routing decision and stats for the routed tokens ``x_bld[mask]``."""
