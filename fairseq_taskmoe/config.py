@@ -1,18 +1,25 @@
-"""MoEConfig: every ``--moe-*`` model flag, typed and documented.
+"""MoEConfig: every ``--moe-*`` model flag, typed and documented; MoESettings: them parsed once.
 
 The README's flag table is generated from this dataclass
 (``python -m fairseq_taskmoe.config``), so help text lives here only.
+``MoEConfig`` is the CLI and what checkpoints store (strings, as argparse gave
+them, so old checkpoints keep loading); ``moe_config_from_args`` validates it
+once into a frozen ``MoESettings`` (layout as a mapping, task names as a tuple,
+choices as plain ``str``) that every consumer reads instead of re-parsing.
 """
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-ROUTING_CHOICES = ChoiceEnum(["token", "sentence", "sentence-pooled", "task", "none"])
+from fairseq_taskmoe.moe.routing import ROUTINGS, SECOND_POLICIES, check_top_k
+
+SIDES = ("encoder", "decoder")
+ROUTING_CHOICES = ChoiceEnum([*ROUTINGS, "none"])
 TASK_BY_CHOICES = ChoiceEnum(["target_lang", "lang_pair", "source_lang"])
-SECOND_EXPERT_CHOICES = ChoiceEnum(["all", "sampling", "random"])
+SECOND_EXPERT_CHOICES = ChoiceEnum(list(SECOND_POLICIES))
 
 
 @dataclass
@@ -99,14 +106,79 @@ class MoEConfig(FairseqDataclass):
     )
 
 
-def moe_config_from_args(args) -> MoEConfig:
-    """Typed MoEConfig from a flat argparse Namespace (or DictConfig)."""
+# {side: {layer index: {"experts": N} or {"ffn_dim": W}}}
+Layout = Dict[str, Dict[int, Dict[str, int]]]
+
+
+@dataclass(frozen=True)
+class MoESettings:
+    """The ``--moe-*`` flags parsed once (``moe_config_from_args``); read-only.
+
+    Field names drop the ``moe_`` prefix of the flag. ``layout`` is None
+    without ``--moe-layout`` (every ``freq``-th layer has ``expert_count``
+    experts), else the parsed per-layer override (treat as read-only).
+    """
+
+    expert_count: int
+    freq: int
+    top_k: int
+    encoder_routing: str
+    decoder_routing: str
+    task_by: str
+    task_names: Tuple[str, ...]
+    new_tasks: bool
+    capacity_factor: float
+    eval_capacity_factor: float
+    dropless: bool
+    second_expert_policy: str
+    gate_fp32: bool
+    layout: Optional[Layout]
+    gather_checkpoint: bool
+
+    def routing(self, side: str) -> str:
+        """``--moe-encoder-routing`` or ``--moe-decoder-routing``."""
+        if side not in SIDES:
+            raise ValueError(f"unknown side {side!r}; valid: {', '.join(SIDES)}")
+        return self.encoder_routing if side == "encoder" else self.decoder_routing
+
+    def layer_plan(self, side: str, num_layers: int) -> List[Optional[dict]]:
+        """Per layer: None (dense, stock FFN), {"experts": N} or {"ffn_dim": W} (fused dense)."""
+        if self.layout is not None:
+            spec = self.layout.get(side, {})
+            return [dict(spec[i]) if i in spec else None for i in range(num_layers)]
+        if self.routing(side) == "none" or self.freq == 0:
+            return [None] * num_layers
+        return [{"experts": self.expert_count} if (i + 1) % self.freq == 0 else None
+                for i in range(num_layers)]
+
+
+def moe_config_from_args(args) -> MoESettings:
+    """Validated ``MoESettings`` from a flat argparse Namespace (or DictConfig).
+
+    Flags that ``args`` lacks (or holds as None) take ``MoEConfig``'s defaults.
+    """
     cfg = MoEConfig()
     for f in fields(MoEConfig):
         if hasattr(args, f.name) and getattr(args, f.name) is not None:
             setattr(cfg, f.name, getattr(args, f.name))
     validate(cfg)
-    return cfg
+    return MoESettings(
+        expert_count=cfg.moe_expert_count,
+        freq=cfg.moe_freq,
+        top_k=cfg.moe_top_k,
+        encoder_routing=str(cfg.moe_encoder_routing),
+        decoder_routing=str(cfg.moe_decoder_routing),
+        task_by=str(cfg.moe_task_by),
+        task_names=split_task_names(cfg.moe_task_names),
+        new_tasks=bool(cfg.moe_new_tasks),
+        capacity_factor=cfg.moe_capacity_factor,
+        eval_capacity_factor=cfg.moe_eval_capacity_factor,
+        dropless=bool(cfg.moe_dropless),
+        second_expert_policy=str(cfg.moe_second_expert_policy),
+        gate_fp32=bool(cfg.moe_gate_fp32),
+        layout=parse_layout(cfg.moe_layout) if cfg.moe_layout else None,
+        gather_checkpoint=bool(cfg.moe_gather_checkpoint),
+    )
 
 
 def _check_choice(flag, value, choice_enum):
@@ -116,61 +188,55 @@ def _check_choice(flag, value, choice_enum):
 
 
 def validate(cfg: MoEConfig):
+    """Check the flags as given (before ``MoESettings`` converts them)."""
     _check_choice("moe-encoder-routing", cfg.moe_encoder_routing, ROUTING_CHOICES)
     _check_choice("moe-decoder-routing", cfg.moe_decoder_routing, ROUTING_CHOICES)
     _check_choice("moe-task-by", cfg.moe_task_by, TASK_BY_CHOICES)
     _check_choice("moe-second-expert-policy", cfg.moe_second_expert_policy, SECOND_EXPERT_CHOICES)
-    if cfg.moe_expert_count < 1:
-        raise ValueError(f"--moe-expert-count must be >= 1, got {cfg.moe_expert_count}")
-    if cfg.moe_top_k not in (1, 2):
-        raise ValueError(f"--moe-top-k must be 1 or 2, got {cfg.moe_top_k}")
-    if cfg.moe_top_k > cfg.moe_expert_count:
-        raise ValueError(f"--moe-top-k ({cfg.moe_top_k}) must be <= --moe-expert-count "
-                         f"({cfg.moe_expert_count})")
+    check_top_k(cfg.moe_top_k, cfg.moe_expert_count)
     if cfg.moe_freq < 0:
         raise ValueError(f"--moe-freq must be >= 0 (0 disables MoE), got {cfg.moe_freq}")
-    if cfg.moe_layout:
-        parse_layout(cfg.moe_layout)
 
 
-def validate_training(cfg: MoEConfig):
+def validate_training(cfg: MoESettings):
     """Checks that apply only when training (a checkpoint's args may still hold them)."""
-    if not cfg.moe_dropless and cfg.moe_capacity_factor <= 0:
+    if not cfg.dropless and cfg.capacity_factor <= 0:
         raise ValueError(f"--moe-capacity-factor must be > 0 in training, got "
-                         f"{cfg.moe_capacity_factor}; use --moe-dropless for token routing without "
+                         f"{cfg.capacity_factor}; use --moe-dropless for token routing without "
                          "a capacity limit")
 
 
-def task_names(cfg: MoEConfig) -> List[str]:
-    return [t for t in str(cfg.moe_task_names).split(",") if t]
+def split_task_names(text) -> Tuple[str, ...]:
+    """``--moe-task-names`` (comma-separated, as checkpoints store it) as a tuple; None -> ()."""
+    return tuple(t for t in str(text or "").split(",") if t)
 
 
-def parse_layout(text: str) -> dict:
+def parse_layout(text: str) -> Layout:
+    """``--moe-layout`` JSON -> {side: {layer index (int): spec}}."""
     try:
         layout = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"--moe-layout is not valid JSON: {err}") from err
+    if not isinstance(layout, dict):
+        raise ValueError(f"--moe-layout: expected a JSON object "
+                         f'{{"encoder": {{...}}, "decoder": {{...}}}}, got {layout!r}')
+    parsed = {}
     for side in layout:
-        if side not in ("encoder", "decoder"):
-            raise ValueError(f"--moe-layout: unknown side {side!r}; valid: encoder, decoder")
+        if side not in SIDES:
+            raise ValueError(f"--moe-layout: unknown side {side!r}; valid: {', '.join(SIDES)}")
+        if not isinstance(layout[side], dict):
+            raise ValueError(f"--moe-layout {side}: expected an object of layers, got {layout[side]!r}")
+        parsed[side] = {}
         for idx, spec in layout[side].items():
+            if not (idx.isdigit() and str(int(idx)) == idx):
+                raise ValueError(f"--moe-layout {side} layer {idx!r}: the layer index must be a "
+                                 'non-negative integer written as a string, e.g. "1"')
             if not (isinstance(spec, dict) and len(spec) == 1 and
                     ("experts" in spec or "ffn_dim" in spec)):
                 raise ValueError(f"--moe-layout {side} layer {idx}: expected "
                                  f'{{"experts": N}} or {{"ffn_dim": W}}, got {spec!r}')
-    return layout
-
-
-def layer_plan(cfg: MoEConfig, side: str, num_layers: int) -> List[Optional[dict]]:
-    """Per layer: None (dense, stock FFN), {"experts": N} or {"ffn_dim": W} (fused dense)."""
-    routing = getattr(cfg, f"moe_{side}_routing")
-    if cfg.moe_layout:
-        spec = parse_layout(cfg.moe_layout).get(side, {})
-        return [spec.get(str(i)) for i in range(num_layers)]
-    if routing == "none" or cfg.moe_freq == 0:
-        return [None] * num_layers
-    return [{"experts": cfg.moe_expert_count} if (i + 1) % cfg.moe_freq == 0 else None
-            for i in range(num_layers)]
+            parsed[side][int(idx)] = dict(spec)
+    return parsed
 
 
 def flag_table_markdown() -> str:

@@ -37,11 +37,11 @@ def _shape(model, key: str, expected: Tuple[int, ...], path: str, why: str):
 
 
 def check_moe_state(state: dict, model_ns, path: str):
-    """Validate and return ``(MoEConfig, {"encoder": layers, "decoder": layers})``.
+    """Validate and return ``(MoESettings, {"encoder": layers, "decoder": layers})``.
 
     Raises ValueError naming the file and the first disagreement.
     """
-    from fairseq_taskmoe.config import layer_plan, moe_config_from_args, task_names
+    from fairseq_taskmoe.config import moe_config_from_args
 
     model = state["model"]
     num_layers = {}
@@ -55,15 +55,12 @@ def check_moe_state(state: dict, model_ns, path: str):
         cfg = moe_config_from_args(model_ns)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: invalid MoE args in the checkpoint: {err}") from err
-    top_k = int(cfg.moe_top_k)
-    tasks = len(task_names(cfg))
+    top_k = cfg.top_k
+    tasks = len(cfg.task_names)
     for side in SIDES:
         dim = _int_arg(model_ns, f"{side}_embed_dim", path)
         ffn = _int_arg(model_ns, f"{side}_ffn_embed_dim", path)
-        try:
-            plan = layer_plan(cfg, side, num_layers[side])
-        except (ValueError, TypeError, AttributeError) as err:
-            raise ValueError(f"{path}: invalid --moe-layout in the checkpoint: {err}") from err
+        plan = cfg.layer_plan(side, num_layers[side])  # the layout was checked by moe_config_from_args
         for i, spec in enumerate(plan):
             prefix = f"{side}.layers.{i}."
             if spec is None:
@@ -92,8 +89,7 @@ def check_moe_state(state: dict, model_ns, path: str):
             for name, shape in (("fc1_weight", (value, width, dim)), ("fc1_bias", (value, width)),
                                 ("fc2_weight", (value, dim, width)), ("fc2_bias", (value, dim))):
                 _shape(model, f"{prefix}moe.experts.{name}", shape, path, why)
-            routing = str(getattr(cfg, f"moe_{side}_routing"))
-            if routing == "task":
+            if cfg.routing(side) == "task":
                 _shape(model, prefix + "moe.router.task_gate.weight", (tasks, value), path,
                        f"{why}, {tasks} tasks in moe_task_names")
             else:

@@ -11,7 +11,6 @@ from fairseq_taskmoe.checkpoints import (
     task_args,
 )
 from fairseq_taskmoe.checkpoints.validate import check_moe_state
-from fairseq_taskmoe.config import task_names
 from fairseq_taskmoe.extract import outdir, stock
 from fairseq_taskmoe.extract.subnet import check_extractable, extract_subnet
 from fairseq_taskmoe.serve import ctranslate2_export as ct2_export
@@ -69,12 +68,12 @@ def count_params(model: Dict) -> Dict[str, int]:
 
 def check_prune(n: int, moe_cfg, num_layers: Dict[str, int]):
     """``--prune-token-experts N`` must remove something: top-k <= N < experts of a routed layer."""
-    from fairseq_taskmoe.extract.subnet import moe_layers, side_routing
+    from fairseq_taskmoe.extract.subnet import moe_layers
 
-    top_k = int(moe_cfg.moe_top_k)
+    top_k = moe_cfg.top_k
     if n < top_k:
         raise ValueError(f"--prune-token-experts must be >= --moe-top-k ({top_k}), got {n}")
-    routed = [e for side, _, e in moe_layers(moe_cfg, num_layers) if side_routing(moe_cfg, side) != "task"]
+    routed = [e for side, _, e in moe_layers(moe_cfg, num_layers) if moe_cfg.routing(side) != "task"]
     if not routed:
         raise ValueError("--prune-token-experts: the model has no token- or sentence-routed MoE layer "
                          "(task-routed layers are extracted exactly); leave the flag out")
@@ -126,9 +125,9 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
     model_ns = model_args(state, checkpoint)
     task_ns = task_args(state) or model_ns
     moe_cfg, num_layers = check_moe_state(state, model_ns, checkpoint)
-    names = task_names(moe_cfg)
+    names = list(moe_cfg.task_names)
     check_extractable(moe_cfg, num_layers, checkpoint)
-    rows, pairs, data_pairs = resolve_tasks(tasks, target_langs, str(moe_cfg.moe_task_by), names,
+    rows, pairs, data_pairs = resolve_tasks(tasks, target_langs, moe_cfg.task_by, names,
                                             lang_pairs(task_ns))
     if fmt != "plugin" and len(rows) != 1:
         raise ValueError(f"--format {fmt} takes exactly one task (a stock transformer has no "
@@ -155,7 +154,7 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
         "source_sha256": sha256(checkpoint),
         "tasks": kept_names,
         "pairs": pairs,
-        "moe_task_by": str(moe_cfg.moe_task_by),
+        "moe_task_by": moe_cfg.task_by,
         "format": fmt,
         "moe_layout": sub.layout,
         "layers": sub.layers,

@@ -15,10 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 from torch import Tensor
 
-from fairseq_taskmoe.config import MoEConfig, layer_plan
+from fairseq_taskmoe.config import SIDES, MoESettings
 from fairseq_taskmoe.extract import fuse
-
-SIDES = ("encoder", "decoder")
 
 
 @dataclass
@@ -28,25 +26,21 @@ class SubnetResult:
     layers: List[dict] = field(default_factory=list)  # one report entry per MoE layer
 
 
-def side_routing(cfg: MoEConfig, side: str) -> str:
-    return str(getattr(cfg, f"moe_{side}_routing"))
-
-
-def moe_layers(cfg: MoEConfig, num_layers: Dict[str, int]):
+def moe_layers(cfg: MoESettings, num_layers: Dict[str, int]):
     """(side, layer index, expert count) of every MoE layer of the model."""
     for side in SIDES:
-        for i, spec in enumerate(layer_plan(cfg, side, num_layers[side])):
+        for i, spec in enumerate(cfg.layer_plan(side, num_layers[side])):
             if spec is not None and "experts" in spec:
                 yield side, i, int(spec["experts"])
 
 
-def check_extractable(cfg: MoEConfig, num_layers: Dict[str, int], checkpoint: str):
+def check_extractable(cfg: MoESettings, num_layers: Dict[str, int], checkpoint: str):
     """Refuse models whose MoE layers are all token/sentence routed."""
-    routed = {side_routing(cfg, side) for side, _, _ in moe_layers(cfg, num_layers)}
+    routed = {cfg.routing(side) for side, _, _ in moe_layers(cfg, num_layers)}
     if "task" not in routed:
         raise ValueError(
             f"{checkpoint}: no task-routed MoE layer (--moe-encoder-routing "
-            f"{side_routing(cfg, 'encoder')}, --moe-decoder-routing {side_routing(cfg, 'decoder')}); "
+            f"{cfg.encoder_routing}, --moe-decoder-routing {cfg.decoder_routing}); "
             "only task routing gives a per-task sub-network (train with --moe-decoder-routing task)")
 
 
@@ -95,7 +89,7 @@ def _routed_layer(state, prefix, num_experts: int, counts: Optional[Tensor], pru
     return {"experts": len(keep)}
 
 
-def extract_subnet(state: Dict[str, Tensor], cfg: MoEConfig, num_layers: Dict[str, int],
+def extract_subnet(state: Dict[str, Tensor], cfg: MoESettings, num_layers: Dict[str, int],
                    tasks: Sequence[int], prune: Optional[int] = None,
                    routing_counts: Optional[Dict[str, Dict[int, Tensor]]] = None) -> SubnetResult:
     """Sub-network of the model for the task indices ``tasks`` (gate row order).
@@ -106,7 +100,7 @@ def extract_subnet(state: Dict[str, Tensor], cfg: MoEConfig, num_layers: Dict[st
         prune: keep this many experts in token/sentence routed layers.
         routing_counts: side -> layer -> (E,) top-k assignment counts, needed with prune.
     """
-    top_k = int(cfg.moe_top_k)
+    top_k = cfg.top_k
     if len(tasks) > 1 and top_k == 1:
         # k=1 weights are gate probabilities: dropping columns changes the
         # softmax normaliser, so a multi-task gate would not be exact.
@@ -119,8 +113,8 @@ def extract_subnet(state: Dict[str, Tensor], cfg: MoEConfig, num_layers: Dict[st
     layout = {side: {} for side in SIDES}
     reports = []
     for side in SIDES:
-        routing = side_routing(cfg, side)
-        for i, spec in enumerate(layer_plan(cfg, side, num_layers[side])):
+        routing = cfg.routing(side)
+        for i, spec in enumerate(cfg.layer_plan(side, num_layers[side])):
             if spec is None:
                 continue
             if "ffn_dim" in spec:  # already a fused dense layer (re-extraction)

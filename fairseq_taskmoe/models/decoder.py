@@ -13,16 +13,14 @@ from typing import Dict, List, Optional
 from fairseq.models.transformer import TransformerDecoderBase
 from torch import Tensor
 
-from fairseq_taskmoe.config import layer_plan, task_names
-from fairseq_taskmoe.models.encoder import fused_ffn_cfg
-from fairseq_taskmoe.models.layers import MoEDecoderLayer
+from fairseq_taskmoe.config import MoESettings
+from fairseq_taskmoe.models.layers import MoEDecoderLayer, fused_ffn_cfg
 
 
 class TaskMoEDecoder(TransformerDecoderBase):
-    def __init__(self, cfg, moe_cfg, dictionary, embed_tokens, no_encoder_attn=False):
+    def __init__(self, cfg, moe_cfg: MoESettings, dictionary, embed_tokens, no_encoder_attn=False):
         self.moe_cfg = moe_cfg
-        self._plan = layer_plan(moe_cfg, "decoder", cfg.decoder.layers)
-        self._num_tasks = len(task_names(moe_cfg))
+        self._plan = moe_cfg.layer_plan("decoder", cfg.decoder.layers)
         self._next_layer = 0
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
 
@@ -34,7 +32,7 @@ class TaskMoEDecoder(TransformerDecoderBase):
         if "ffn_dim" in spec:
             return super().build_decoder_layer(fused_ffn_cfg(cfg, "decoder", spec["ffn_dim"]),
                                                no_encoder_attn)
-        return MoEDecoderLayer(cfg, self.moe_cfg, spec["experts"], self._num_tasks, no_encoder_attn)
+        return MoEDecoderLayer(cfg, self.moe_cfg, spec["experts"], no_encoder_attn)
 
     def extract_features_scriptable(
         self,

@@ -13,25 +13,15 @@ import torch
 from fairseq.models.transformer import TransformerEncoderBase
 from torch import Tensor
 
-from fairseq_taskmoe.config import layer_plan, task_names
-from fairseq_taskmoe.models.layers import MoEEncoderLayer
-
-
-def fused_ffn_cfg(cfg, side, ffn_dim):
-    """A copy of cfg whose ``side`` FFN width is ``ffn_dim`` (extracted fused layers)."""
-    import copy
-
-    new = copy.deepcopy(cfg)
-    getattr(new, side).ffn_embed_dim = ffn_dim
-    return new
+from fairseq_taskmoe.config import MoESettings
+from fairseq_taskmoe.models.layers import MoEEncoderLayer, fused_ffn_cfg
 
 
 class TaskMoEEncoder(TransformerEncoderBase):
-    def __init__(self, cfg, moe_cfg, dictionary, embed_tokens):
+    def __init__(self, cfg, moe_cfg: MoESettings, dictionary, embed_tokens):
         # Read by build_encoder_layer, which fairseq calls once per layer in order.
         self.moe_cfg = moe_cfg
-        self._plan = layer_plan(moe_cfg, "encoder", cfg.encoder.layers)
-        self._num_tasks = len(task_names(moe_cfg))
+        self._plan = moe_cfg.layer_plan("encoder", cfg.encoder.layers)
         self._next_layer = 0
         super().__init__(cfg, dictionary, embed_tokens)
 
@@ -42,7 +32,7 @@ class TaskMoEEncoder(TransformerEncoderBase):
             return super().build_encoder_layer(cfg)
         if "ffn_dim" in spec:
             return super().build_encoder_layer(fused_ffn_cfg(cfg, "encoder", spec["ffn_dim"]))
-        return MoEEncoderLayer(cfg, self.moe_cfg, spec["experts"], self._num_tasks)
+        return MoEEncoderLayer(cfg, self.moe_cfg, spec["experts"])
 
     def forward(self, src_tokens, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False,
                 token_embeddings: Optional[Tensor] = None, task_ids: Optional[Tensor] = None, **unused):

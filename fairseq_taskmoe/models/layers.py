@@ -1,4 +1,4 @@
-"""Transformer layers whose FFN is an MoE block.
+"""Transformer layers whose FFN is an MoE block, and the configs their FFNs are built from.
 
 Legend: L length, B batch, D model dim.
 
@@ -10,6 +10,7 @@ that add extra modules inside the layer (``--scale-attn``, ``--scale-fc``,
 ``--scale-heads``, ``--scale-resids``, ``--cross-self-attention``) are refused.
 """
 
+import copy
 from typing import Dict, Optional
 
 import torch
@@ -19,25 +20,36 @@ from fairseq.modules.transformer_layer import (
 )
 from torch import Tensor
 
-from fairseq_taskmoe.moe.layer import MoELayer
+from fairseq_taskmoe.config import MoESettings
+from fairseq_taskmoe.moe.layer import MoELayer, MoELayerConfig
 
 
-def build_moe_block(cfg, side_cfg, moe_cfg, routing, num_experts, num_tasks, causal, activation_fn):
-    return MoELayer(
+def fused_ffn_cfg(cfg, side, ffn_dim):
+    """A copy of cfg whose ``side`` FFN width is ``ffn_dim`` (extracted fused layers)."""
+    new = copy.deepcopy(cfg)
+    getattr(new, side).ffn_embed_dim = ffn_dim
+    return new
+
+
+def moe_layer_config(cfg, side: str, moe: MoESettings, num_experts: int,
+                     activation_fn) -> MoELayerConfig:
+    """The MoE block of a ``side`` layer: fairseq's TransformerConfig ``cfg`` plus the MoE flags."""
+    side_cfg = getattr(cfg, side)
+    return MoELayerConfig(
         embed_dim=side_cfg.embed_dim,
         ffn_dim=side_cfg.ffn_embed_dim,
         num_experts=num_experts,
-        routing=str(routing),
-        top_k=moe_cfg.moe_top_k,
+        routing=moe.routing(side),
+        top_k=moe.top_k,
         activation_fn=activation_fn,
         activation_dropout=cfg.activation_dropout or cfg.relu_dropout or 0.0,
-        num_tasks=num_tasks,
-        causal=causal,
-        capacity_factor=moe_cfg.moe_capacity_factor,
-        eval_capacity_factor=moe_cfg.moe_eval_capacity_factor,
-        dropless=moe_cfg.moe_dropless,
-        second_policy=str(moe_cfg.moe_second_expert_policy),
-        gate_fp32=moe_cfg.moe_gate_fp32,
+        num_tasks=len(moe.task_names),
+        causal=side == "decoder",
+        capacity_factor=moe.capacity_factor,
+        eval_capacity_factor=moe.eval_capacity_factor,
+        dropless=moe.dropless,
+        second_policy=moe.second_expert_policy,
+        gate_fp32=moe.gate_fp32,
     )
 
 
@@ -67,11 +79,10 @@ def _moe_sublayer(layer, x, padding_mask, task_ids, incremental_state=None):
 
 
 class MoEEncoderLayer(TransformerEncoderLayerBase):
-    def __init__(self, cfg, moe_cfg, num_experts, num_tasks):
+    def __init__(self, cfg, moe: MoESettings, num_experts: int):
         _refuse_extras(cfg, "encoder")
         super().__init__(cfg)
-        self.moe = build_moe_block(cfg, cfg.encoder, moe_cfg, moe_cfg.moe_encoder_routing,
-                                   num_experts, num_tasks, False, self.activation_fn)
+        self.moe = MoELayer(moe_layer_config(cfg, "encoder", moe, num_experts, self.activation_fn))
 
     def build_fc1(self, *args, **kwargs):
         return None  # the experts replace fc1/fc2
@@ -99,11 +110,10 @@ class MoEEncoderLayer(TransformerEncoderLayerBase):
 
 
 class MoEDecoderLayer(TransformerDecoderLayerBase):
-    def __init__(self, cfg, moe_cfg, num_experts, num_tasks, no_encoder_attn=False):
+    def __init__(self, cfg, moe: MoESettings, num_experts: int, no_encoder_attn=False):
         _refuse_extras(cfg, "decoder")
         super().__init__(cfg, no_encoder_attn)
-        self.moe = build_moe_block(cfg, cfg.decoder, moe_cfg, moe_cfg.moe_decoder_routing,
-                                   num_experts, num_tasks, True, self.activation_fn)
+        self.moe = MoELayer(moe_layer_config(cfg, "decoder", moe, num_experts, self.activation_fn))
 
     def build_fc1(self, *args, **kwargs):
         return None

@@ -13,7 +13,7 @@ from fairseq.models.transformer.transformer_config import (
 )
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_wmt_en_de_big
 
-from fairseq_taskmoe.config import MoEConfig, moe_config_from_args, task_names
+from fairseq_taskmoe.config import MoEConfig, moe_config_from_args
 from fairseq_taskmoe.models.decoder import TaskMoEDecoder
 from fairseq_taskmoe.models.encoder import TaskMoEEncoder
 from fairseq_taskmoe.parallel import shard_experts_for_expert_parallel  # expert parallel (issue 6)
@@ -41,8 +41,7 @@ class TransformerTaskMoEModel(TransformerModel):
     def build_model(cls, args, task):
         base_taskmoe_architecture(args)
         moe_cfg = moe_config_from_args(args)
-        routings = {str(moe_cfg.moe_encoder_routing), str(moe_cfg.moe_decoder_routing)}
-        if "task" in routings and not task_names(moe_cfg):
+        if "task" in (moe_cfg.encoder_routing, moe_cfg.decoder_routing) and not moe_cfg.task_names:
             raise ValueError(
                 "task routing needs --moe-task-names (the translation_multi_simple_epoch_taskmoe "
                 "task fills it from --lang-pairs); use --task translation_multi_simple_epoch_taskmoe"
