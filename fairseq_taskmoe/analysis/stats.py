@@ -59,10 +59,10 @@ def setup_pair(state: dict, model_ns, task_ns, data: str, pair: str, model=None)
         model.load_state_dict(state["model"], strict=True)
         model = model.float().eval()
     else:
-        # The task learns the gate's task list in build_model; without it add_task_ids stamps
-        # nothing. Reusing the first pair's model, give this pair's task the same list.
-        task.moe_task_by = str(getattr(model_ns, "moe_task_by", "target_lang"))
-        task.moe_task_names = [t for t in str(model_ns.moe_task_names).split(",") if t]
+        # The task learns the gate's task list in build_model; without it its collater stamps
+        # no task ids. Reusing the first pair's model, give this pair's task the same list.
+        task.moe_task_by = model.moe_cfg.task_by
+        task.moe_task_names = list(model.moe_cfg.task_names)
     return task, model
 
 
@@ -78,7 +78,8 @@ def expert_counts(task, model, split: str, flag: str, max_sentences: int = 0,
                   max_tokens: int = 4000) -> (Dict[str, Dict[int, torch.Tensor]], int):
     """side -> layer index -> (E,) top-k assignment counts over the task's ``split``; sentences seen.
 
-    Eval mode (dropless, as at inference), teacher forcing, ``task_ids`` stamped.
+    Eval mode (dropless, as at inference), teacher forcing, ``task_ids`` as the task's
+    collater stamps them.
     """
     from fairseq_taskmoe.data.binarize import pair_file
 
@@ -103,7 +104,6 @@ def expert_counts(task, model, split: str, flag: str, max_sentences: int = 0,
         for sample in itr:
             if max_sentences and seen >= max_sentences:
                 break
-            task.add_task_ids(sample)
             net = sample["net_input"]
             _, extra = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"],
                              task_ids=net.get("task_ids"), features_only=True)

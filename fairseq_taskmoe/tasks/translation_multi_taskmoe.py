@@ -5,7 +5,9 @@ mixes language pairs) gets ``net_input["task_ids"]``, a (B,) LongTensor built
 from each sentence's language pair under ``--moe-task-by``. Language ids come
 from fairseq's own ``--enable-lang-ids`` machinery, which this task switches
 on; the mapping goes through language *names*, so it does not depend on the
-language order at inference.
+language order at inference. The ids are stamped by the collater of every
+dataset the task hands out (``task_id_dataset.py``), so a consumer that loops
+over ``task.get_batch_iterator(...)`` or ``dataset.collater`` gets them as is.
 
 It also keeps every sentence of evaluation splits: fairseq's
 ``data_utils.batch_by_size`` (fairseq main, which ve-fairseq 0.12.3 builds)
@@ -28,6 +30,7 @@ from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleE
 from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, validate_training
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 from fairseq_taskmoe.moe.router import Router
+from fairseq_taskmoe.tasks.task_id_dataset import TaskIdDataset
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +192,27 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         self.moe_task_by = task_by
         self.moe_task_names = args.moe_task_names.split(",")
         model = super().build_model(args, from_checkpoint)
+        if not isinstance(model, TransformerTaskMoEModel):
+            # A stock transformer (a --format stock extract) has no task gate: its batches get
+            # no task ids, and a pair outside the task list is no error (which task it holds
+            # was fixed at extraction, extract.json).
+            self.moe_task_names = None
         if moe_cfg is not None and new_rows:
             logger.info("--moe-new-tasks: new task-gate rows for %s", ",".join(names[len(ckpt_names):]))
             for module in model.modules():
                 if isinstance(module, Router):
                     module.allow_new_task_rows = True
         return model
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        if not isinstance(self.datasets[split], TaskIdDataset):  # else fairseq kept the loaded shard
+            self.datasets[split] = TaskIdDataset(self.datasets[split], self.add_task_ids)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        """fairseq-interactive and the hub: ids of the pair given with -s/-t (see add_task_ids)."""
+        dataset = super().build_dataset_for_inference(src_tokens, src_lengths, constraints)
+        return TaskIdDataset(dataset, self.add_task_ids)
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         if "required_batch_size_multiple" in kwargs:
@@ -218,10 +236,16 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         return self.moe_task_names.index(key)
 
     def add_task_ids(self, sample):
-        """Put ``task_ids`` (B,) into ``sample["net_input"]`` (in place)."""
+        """Put ``task_ids`` (B,) into ``sample["net_input"]`` (in place); returns ``sample``.
+
+        The task's datasets call it from their collater, so train/valid/inference steps
+        need not; call it for a batch built by hand. A no-op when the ids are there already.
+        """
         if sample is None or "net_input" not in sample or self.moe_task_names is None:
             return sample
         net_input = sample["net_input"]
+        if "task_ids" in net_input:
+            return sample
         src_tokens = net_input["src_tokens"]
         lang_dict = self.data_manager.lang_dict
         if "src_lang_id" in net_input and "tgt_lang_id" in sample:
@@ -240,14 +264,6 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         net_input["task_ids"] = torch.tensor(ids, dtype=torch.long, device=src_tokens.device)
         return sample
 
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        self.add_task_ids(sample)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-
-    def valid_step(self, sample, model, criterion):
-        self.add_task_ids(sample)
-        return super().valid_step(sample, model, criterion)
-
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         """fairseq's own signature: the hub passes ``prefix_allowed_tokens_fn``, which the parent drops."""
         if not getattr(args, "keep_inference_langtok", False):
@@ -259,15 +275,15 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         return FairseqTask.build_generator(self, models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        # task_ids came with the batch: the task's datasets stamp them in their collater.
         plugin = [isinstance(m, TransformerTaskMoEModel) for m in models]
-        if all(plugin):
-            self.add_task_ids(sample)
-        elif any(plugin):
+        if any(plugin) and not all(plugin):
             raise ValueError("--path: cannot ensemble transformer_taskmoe models with stock ones "
                              "(a --format stock extract); decode them separately")
-        elif sample is not None and "net_input" in sample:
+        if not any(plugin) and sample is not None and "net_input" in sample:
             # A stock transformer (a --format stock extract) reads neither task ids nor the
             # language ids this task puts in net_input: its encoder would raise a TypeError.
             # Which task it holds is fixed at extraction (extract.json), not chosen here.
             sample["net_input"].pop("src_lang_id", None)
+            sample["net_input"].pop("task_ids", None)
         return super().inference_step(generator, models, sample, prefix_tokens, constraints)
