@@ -27,7 +27,7 @@ from fairseq.data.multilingual.sampled_multi_dataset import CollateFormat, Sampl
 from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
-from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, validate_training
+from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, split_task_names, validate_training
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 from fairseq_taskmoe.moe.router import Router
 from fairseq_taskmoe.tasks.task_id_dataset import TaskIdDataset
@@ -125,7 +125,7 @@ def checkpoint_task_names(path):
         ns = model_args(state, path)
     except ValueError:
         return None, None  # not a task-MoE checkpoint: loading its weights is fairseq's business
-    names = [t for t in str(getattr(ns, "moe_task_names", "") or "").split(",") if t]
+    names = list(split_task_names(getattr(ns, "moe_task_names", "")))
     return (names or None), str(getattr(ns, "moe_task_by", None) or "target_lang")
 
 
@@ -165,7 +165,7 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
 
     def build_model(self, args, from_checkpoint=False):
         task_by = str(getattr(args, "moe_task_by", None) or "target_lang")
-        given = [t for t in str(getattr(args, "moe_task_names", None) or "").split(",") if t]
+        given = list(split_task_names(getattr(args, "moe_task_names", None)))
         new_rows = False
         moe_cfg = moe_config_from_args(args) if self.training and not from_checkpoint else None
         if moe_cfg is not None:
@@ -181,7 +181,7 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
                                     or bool(getattr(self.args, "reset_optimizer", False)))
             names = resolve_task_names(task_by, task_names_for_pairs(task_by, self.lang_pairs),
                                        given, ckpt_names, ckpt_task_by, path,
-                                       new_tasks=moe_cfg.moe_new_tasks, fresh_optimizer=fresh)
+                                       new_tasks=moe_cfg.new_tasks, fresh_optimizer=fresh)
             if ckpt_names is not None and names != task_names_for_pairs(task_by, self.lang_pairs):
                 logger.info("task-gate rows follow the task order of %s: %s", path, ",".join(names))
             args.moe_task_names = ",".join(names)
