@@ -123,8 +123,30 @@ def table(rows, columns) -> str:
     return tabulate(body, headers=list(columns), tablefmt="github", disable_numparse=True)
 
 
+def torch_timed(fn, max_run_time=10.0, min_run_time=0.01, threshold=0.1) -> dict:
+    """``torch.utils.benchmark.Timer`` over ``fn()``: for torch-level microbenchmarks in this process.
+
+    The Timer's warm-up picks a block size (calls per timed block, so timer overhead is negligible);
+    blocks then repeat until their IQR is below ``threshold`` x median (at least 4 blocks) or
+    ``max_run_time`` seconds are spent. Runs at the current torch thread count (the Timer's own
+    default would be 1 thread). Returns ``median_s`` (seconds per call, median over blocks),
+    ``iqr_s`` (their interquartile range; 0 with one block) and ``runs`` (timed calls).
+    """
+    from torch.utils.benchmark import Timer
+
+    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).adaptive_autorange(
+        threshold=threshold, min_run_time=min_run_time, max_run_time=max_run_time)
+    return {"median_s": m.median, "iqr_s": m.iqr, "runs": m.number_per_run * len(m.raw_times)}
+
+
 def timed(fn, min_repeats=1, min_seconds=0.0):
-    """Median seconds of ``fn()`` over at least ``min_repeats`` calls / ``min_seconds`` (after one warm-up)."""
+    """Median seconds of ``fn()`` over at least ``min_repeats`` calls / ``min_seconds`` (after one warm-up).
+
+    A fixed count, for what ``torch_timed`` does not fit: whole decodes under a time budget
+    (decode_throughput.py, serve.py's worker: seconds per call, the count is the budget's) and
+    calls with collectives in them (expert_parallel.py: every rank must make the same number of
+    calls, where a Timer's adaptive count differs per rank and would hang the all-to-all).
+    """
     fn()
     times = []
     start = time.perf_counter()

@@ -7,8 +7,14 @@ capacity factor 1.0 (fairscale's Top2Gate hard-codes capacity 2S/E, so ours is
 set to match), training mode (capacity applies), no dropout. The dense
 baseline is one FFN of width 2F: the same active FLOPs per token as a top-2
 MoE. ``ours-unbind`` is our layer with the experts run on ``unbind`` views
-(see ``unbind_expert_fn``), a candidate fix for the per-expert indexing backward. Time = median of ``--repeats`` calls of forward + ``sum().backward()``
-(after a warm-up). fairscale's MOELayer needs a process group even on one
+(see ``unbind_expert_fn``), a candidate fix for the per-expert indexing backward.
+
+Timed: one call of forward + ``sum().backward()``, by ``torch.utils.benchmark.Timer``
+(``benchlib.torch_timed``: warm-up, then blocks of calls until their IQR is under 10% of
+the median, at least 4 blocks, or ``--max-run-time`` seconds per point). Row fields:
+``{model}_ms`` median ms per call, ``{model}_iqr_ms`` interquartile range of the blocks
+(0: one block, the time budget ran out first), ``{model}_runs`` timed calls,
+``ours_vs_{model}`` = ``{model}_ms / ours_ms``. fairscale's MOELayer needs a process group even on one
 process: a 1-process gloo group on a temporary FileStore. fairscale dispatches
 with a dense (S, E, capacity) one-hot einsum, O(S^2) memory and time in the
 token count S, so it is skipped above ``--fairscale-max-tokens``.
@@ -124,7 +130,9 @@ def sweep(args):
                     row[f"{name}_ms"] = None
                     continue
                 try:
-                    row[f"{name}_ms"] = 1000 * benchlib.timed(step_fn(name, layer, x), min_repeats=args.repeats)
+                    t = benchlib.torch_timed(step_fn(name, layer, x), max_run_time=args.max_run_time)
+                    row[f"{name}_ms"], row[f"{name}_iqr_ms"] = 1000 * t["median_s"], 1000 * t["iqr_s"]
+                    row[f"{name}_runs"] = t["runs"]
                 except RuntimeError as err:  # e.g. a dtype fairscale's einsum dispatch refuses
                     print(f"  {name} {dtype_name} {tokens}: {str(err)[:100]}")
                     row[f"{name}_ms"], row[f"{name}_error"] = None, str(err)[:200]
@@ -150,7 +158,8 @@ def get_parser():
     p.add_argument("--fairscale-max-tokens", type=int, default=8192,
                    help="skip fairscale above this (its dispatch mask is S x E x 2S/E)")
     p.add_argument("--dtypes", type=lambda s: [d for d in s.split(",") if d], default=["fp32", "bf16"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-run-time", type=float, default=10.0,
+                   help="seconds of timed calls per model and point at most (fewer when the IQR settles)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--out", default=str(benchlib.REPO / "bench/results/moe_layer.json"))
     return p

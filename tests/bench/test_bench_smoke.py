@@ -51,13 +51,17 @@ def test_bench_moe_layer_json(tmp_path):
     out = tmp_path / "m.json"
     # A subprocess: fairscale needs a process group, which must not leak into other tests.
     subprocess.run([sys.executable, str(BENCH / "moe_layer.py"), "--embed-dim", "16", "--ffn-dim", "32",
-                    "--experts", "4", "--tokens", "64,128", "--dtypes", "fp32", "--repeats", "1", "--threads", "1",
-                    "--out", str(out)], check=True, capture_output=True, timeout=120)
+                    "--experts", "4", "--tokens", "64,128", "--dtypes", "fp32", "--max-run-time", "0.01",
+                    "--threads", "1", "--out", str(out)], check=True, capture_output=True, timeout=120)
     rows = json.loads(out.read_text())["rows"]
     assert [r["tokens"] for r in rows] == [64, 128]
     for r in rows:
         for key in ("ours_ms", "fairscale_ms", "dense-2F_ms", "ours_vs_fairscale", "ours_vs_dense-2F"):
             assert_finite(r[key], key)
+        for name in ("ours", "ours-unbind", "fairscale", "dense-2F"):  # torch.utils.benchmark.Timer's spread
+            assert_finite(r[f"{name}_iqr_ms"], name)
+            assert r[f"{name}_iqr_ms"] >= 0
+            assert isinstance(r[f"{name}_runs"], int) and r[f"{name}_runs"] >= 1
 
 
 def test_bench_quality_json(quality):
