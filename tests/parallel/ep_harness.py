@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fairseq_taskmoe.moe.layer import MoELayer
 from fairseq_taskmoe.parallel.checkpoint import gather_dim0_to_rank0
 from fairseq_taskmoe.parallel.optimizer import ExpertParallelAdam, clip_grad_norm_expert_parallel
-from fairseq_taskmoe.parallel.sharding import shard_experts_for_expert_parallel
+from fairseq_taskmoe.parallel.sharding import expert_parallel_from_args
 
 E, D, FFN, V, L, B = 4, 8, 16, 11, 5, 4
 
@@ -30,10 +30,11 @@ LAYERS = (("token", {"capacity_factor": 0.5}), ("token", {"dropless": True}),
 
 
 class TinyMoE(nn.Module):
-    def __init__(self):
+    def __init__(self, expert_parallel=None):
         super().__init__()
         self.embed = nn.Embedding(V, D)
-        self.moes = nn.ModuleList(MoELayer(D, FFN, E, routing, 2, torch.relu, **kw)
+        self.moes = nn.ModuleList(MoELayer(D, FFN, E, routing, 2, torch.relu,
+                                           expert_parallel=expert_parallel, **kw)
                                   for routing, kw in LAYERS)
         self.out = nn.Linear(D, V)
 
@@ -59,9 +60,12 @@ def global_batch():
 
 
 def build(seed=0, save_dir=None, gather=True):
+    """The model as build_model makes it: the plan first (rank and world from the
+    initialized process group, if any), the layers built with it, then attached."""
     torch.manual_seed(seed)
     args = Namespace(save_dir=save_dir and str(save_dir), moe_gather_checkpoint=gather)
-    return shard_experts_for_expert_parallel(TinyMoE(), args)
+    plan = expert_parallel_from_args(args)
+    return plan.attach(TinyMoE(plan))
 
 
 def plan_of(model):
