@@ -2,7 +2,11 @@
 
 A fairseq ``transformer`` (argparse flavour, so every stock ``--encoder-*`` /
 ``--decoder-*`` flag works) whose every ``--moe-freq``-th FFN is an MoE block.
+``build_model`` does what stock ``TransformerModel.build_model`` does, or
+refuses the stock flag by name (``UNSUPPORTED_STOCK_FLAGS``).
 """
+
+import logging
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
@@ -10,6 +14,7 @@ from fairseq.models.transformer import TransformerConfig, TransformerModel
 from fairseq.models.transformer.transformer_config import (
     DEFAULT_MAX_SOURCE_POSITIONS,
     DEFAULT_MAX_TARGET_POSITIONS,
+    DEFAULT_MIN_PARAMS_TO_WRAP,
 )
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_wmt_en_de_big
 
@@ -17,6 +22,25 @@ from fairseq_taskmoe.config import MoEConfig, moe_config_from_args
 from fairseq_taskmoe.models.decoder import TaskMoEDecoder
 from fairseq_taskmoe.models.encoder import TaskMoEEncoder
 from fairseq_taskmoe.parallel import shard_experts_for_expert_parallel  # expert parallel (issue 6)
+
+logger = logging.getLogger(__name__)
+
+# Stock flags build_model refuses: (attribute, flag, why).
+UNSUPPORTED_STOCK_FLAGS = (
+    ("encoder_layers_to_keep", "--encoder-layers-to-keep",
+     "layer dropping would renumber the layers that --moe-freq / --moe-layout place experts in"),
+    ("decoder_layers_to_keep", "--decoder-layers-to-keep",
+     "layer dropping would renumber the layers that --moe-freq / --moe-layout place experts in"),
+    ("merge_src_tgt_embed", "--merge-src-tgt-embed",
+     "it merges the dictionaries into task.src_dict / task.tgt_dict, which the multilingual task "
+     "does not read; use one joined dictionary and --share-all-embeddings"),
+)
+
+
+def refuse_unsupported_stock_flags(args):
+    for attr, flag, why in UNSUPPORTED_STOCK_FLAGS:
+        if getattr(args, attr, None):
+            raise ValueError(f"transformer_taskmoe does not support {flag}: {why}")
 
 
 @register_model("transformer_taskmoe")
@@ -46,13 +70,21 @@ class TransformerTaskMoEModel(TransformerModel):
                 "task routing needs --moe-task-names (the translation_multi_simple_epoch_taskmoe "
                 "task fills it from --lang-pairs); use --task translation_multi_simple_epoch_taskmoe"
             )
-        if args.encoder_layers_to_keep or args.decoder_layers_to_keep:
-            raise ValueError("transformer_taskmoe does not support --encoder/decoder-layers-to-keep")
+        refuse_unsupported_stock_flags(args)
         # as stock TransformerModel.build_model does
         if getattr(args, "max_source_positions", None) is None:
             args.max_source_positions = DEFAULT_MAX_SOURCE_POSITIONS
         if getattr(args, "max_target_positions", None) is None:
             args.max_target_positions = DEFAULT_MAX_TARGET_POSITIONS
+        if getattr(args, "offload_activations", False):
+            args.checkpoint_activations = True  # offloading implies checkpointing
+        if getattr(args, "checkpoint_activations", False):
+            # fairseq's checkpoint wrapper passes non-tensor outputs around autograd, so an
+            # MoE layer's MoEStats would come back detached and the aux loss lose its gradient.
+            logger.warning("transformer_taskmoe: --checkpoint-activations / --offload-activations "
+                           "wrap the dense layers only; MoE layers run unwrapped")
+        if not args.share_all_embeddings:
+            args.min_params_to_wrap = getattr(args, "min_params_to_wrap", DEFAULT_MIN_PARAMS_TO_WRAP)
         cfg = TransformerConfig.from_namespace(args)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if cfg.share_all_embeddings:
@@ -61,6 +93,8 @@ class TransformerTaskMoEModel(TransformerModel):
             if cfg.encoder.embed_dim != cfg.decoder.embed_dim:
                 raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match "
                                  "--decoder-embed-dim")
+            if cfg.decoder.embed_path and cfg.decoder.embed_path != cfg.encoder.embed_path:
+                raise ValueError("--share-all-embeddings not compatible with --decoder-embed-path")
             enc_embed = cls.build_embedding(cfg, src_dict, cfg.encoder.embed_dim, cfg.encoder.embed_path)
             dec_embed = enc_embed
             cfg.share_decoder_input_output_embed = True
