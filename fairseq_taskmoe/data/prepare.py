@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 
-from fairseq_taskmoe.checkpoints import atomic_dir
+from fairseq_taskmoe.checkpoints import atomic_dir, recover_dir
 
 from .binarize import binarize
 from .card import summary_table, write_card
@@ -97,6 +97,9 @@ def _validate(args):
         raise ValueError("--min-pairs must be >= 1, got %d" % args.min_pairs)
     if args.max_eval_pairs < 1:
         raise ValueError("--max-eval-pairs must be >= 1, got %d" % args.max_eval_pairs)
+    # A --force run killed between its two renames left the old corpus aside: put it back first.
+    for note in recover_dir(args.out, lambda path: os.path.isfile(os.path.join(path, "data_card.json"))):
+        logger.warning(note)
     if os.path.exists(args.out) and not args.force:
         raise ValueError("--out %s already exists; pass --force to replace it" % args.out)
     return _requested_langs(args.langs)

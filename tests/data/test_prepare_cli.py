@@ -127,6 +127,17 @@ def test_read_only_output_directory_is_one_line_with_the_path(fake_wheel_cache, 
     assert "read-only file system" in err and str(tmp_path / "ro") in err
 
 
+def test_corpus_left_aside_by_an_interrupted_force_run_is_restored(fake_wheel_cache, tmp_path, capsys):
+    old = tmp_path / ".o.old-1234abcd"  # a --force run killed between its two renames
+    old.mkdir()
+    (old / "data_card.json").write_text("{}")
+    (tmp_path / ".o.tmp-5678abcd").mkdir()  # its unfinished output: reported, never deleted here
+    assert cli_main(_argv(fake_wheel_cache, tmp_path / "o")) == 2
+    assert (tmp_path / "o" / "data_card.json").read_text() == "{}" and not old.exists()
+    err = capsys.readouterr().err
+    assert "restored" in err and ".o.tmp-5678abcd" in err and "pass --force" in err
+
+
 @pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
 def test_docs_give_separate_sentence_splits_and_keep_the_english_hash_split(fake_wheel_cache, tmp_path, capsys):
     (fake_wheel_cache / "debian").mkdir()
