@@ -18,8 +18,10 @@ from fairseq_taskmoe.models.layers import MoEDecoderLayer, fused_ffn_cfg
 
 
 class TaskMoEDecoder(TransformerDecoderBase):
-    def __init__(self, cfg, moe_cfg: MoESettings, dictionary, embed_tokens, no_encoder_attn=False):
+    def __init__(self, cfg, moe_cfg: MoESettings, dictionary, embed_tokens, no_encoder_attn=False,
+                 expert_parallel=None):
         self.moe_cfg = moe_cfg
+        self.expert_parallel = expert_parallel  # parallel.ExpertParallelPlan, or None: all experts here
         self._plan = moe_cfg.layer_plan("decoder", cfg.decoder.layers)
         self._next_layer = 0
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
@@ -32,7 +34,7 @@ class TaskMoEDecoder(TransformerDecoderBase):
         if "ffn_dim" in spec:
             return super().build_decoder_layer(fused_ffn_cfg(cfg, "decoder", spec["ffn_dim"]),
                                                no_encoder_attn)
-        return MoEDecoderLayer(cfg, self.moe_cfg, spec["experts"], no_encoder_attn)
+        return MoEDecoderLayer(cfg, self.moe_cfg, spec["experts"], no_encoder_attn, self.expert_parallel)
 
     def extract_features_scriptable(
         self,

@@ -18,9 +18,10 @@ from fairseq_taskmoe.models.layers import MoEEncoderLayer, fused_ffn_cfg
 
 
 class TaskMoEEncoder(TransformerEncoderBase):
-    def __init__(self, cfg, moe_cfg: MoESettings, dictionary, embed_tokens):
+    def __init__(self, cfg, moe_cfg: MoESettings, dictionary, embed_tokens, expert_parallel=None):
         # Read by build_encoder_layer, which fairseq calls once per layer in order.
         self.moe_cfg = moe_cfg
+        self.expert_parallel = expert_parallel  # parallel.ExpertParallelPlan, or None: all experts here
         self._plan = moe_cfg.layer_plan("encoder", cfg.encoder.layers)
         self._next_layer = 0
         super().__init__(cfg, dictionary, embed_tokens)
@@ -32,7 +33,7 @@ class TaskMoEEncoder(TransformerEncoderBase):
             return super().build_encoder_layer(cfg)
         if "ffn_dim" in spec:
             return super().build_encoder_layer(fused_ffn_cfg(cfg, "encoder", spec["ffn_dim"]))
-        return MoEEncoderLayer(cfg, self.moe_cfg, spec["experts"])
+        return MoEEncoderLayer(cfg, self.moe_cfg, spec["experts"], self.expert_parallel)
 
     def forward(self, src_tokens, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False,
                 token_embeddings: Optional[Tensor] = None, task_ids: Optional[Tensor] = None, **unused):

@@ -79,10 +79,11 @@ def _moe_sublayer(layer, x, padding_mask, task_ids, incremental_state=None):
 
 
 class MoEEncoderLayer(TransformerEncoderLayerBase):
-    def __init__(self, cfg, moe: MoESettings, num_experts: int):
+    def __init__(self, cfg, moe: MoESettings, num_experts: int, expert_parallel=None):
         _refuse_extras(cfg, "encoder")
         super().__init__(cfg)
-        self.moe = MoELayer(moe_layer_config(cfg, "encoder", moe, num_experts, self.activation_fn))
+        self.moe = MoELayer(moe_layer_config(cfg, "encoder", moe, num_experts, self.activation_fn),
+                            expert_parallel=expert_parallel)
 
     def build_fc1(self, *args, **kwargs):
         return None  # the experts replace fc1/fc2
@@ -110,10 +111,12 @@ class MoEEncoderLayer(TransformerEncoderLayerBase):
 
 
 class MoEDecoderLayer(TransformerDecoderLayerBase):
-    def __init__(self, cfg, moe: MoESettings, num_experts: int, no_encoder_attn=False):
+    def __init__(self, cfg, moe: MoESettings, num_experts: int, no_encoder_attn=False,
+                 expert_parallel=None):
         _refuse_extras(cfg, "decoder")
         super().__init__(cfg, no_encoder_attn)
-        self.moe = MoELayer(moe_layer_config(cfg, "decoder", moe, num_experts, self.activation_fn))
+        self.moe = MoELayer(moe_layer_config(cfg, "decoder", moe, num_experts, self.activation_fn),
+                            expert_parallel=expert_parallel)
 
     def build_fc1(self, *args, **kwargs):
         return None

@@ -21,7 +21,7 @@ from fairseq.models.transformer.transformer_legacy import base_architecture, tra
 from fairseq_taskmoe.config import MoEConfig, moe_config_from_args
 from fairseq_taskmoe.models.decoder import TaskMoEDecoder
 from fairseq_taskmoe.models.encoder import TaskMoEEncoder
-from fairseq_taskmoe.parallel import shard_experts_for_expert_parallel  # expert parallel (issue 6)
+from fairseq_taskmoe.parallel import expert_parallel_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class TransformerTaskMoEModel(TransformerModel):
                 "task fills it from --lang-pairs); use --task translation_multi_simple_epoch_taskmoe"
             )
         refuse_unsupported_stock_flags(args)
+        # Expert parallel, decided once: rank and world size (torch.distributed, W = 1 when not
+        # initialized) go to every MoE layer, which builds only this rank's experts.
+        expert_parallel = expert_parallel_from_args(args)
         # as stock TransformerModel.build_model does
         if getattr(args, "max_source_positions", None) is None:
             args.max_source_positions = DEFAULT_MAX_SOURCE_POSITIONS
@@ -102,10 +105,11 @@ class TransformerTaskMoEModel(TransformerModel):
         else:
             enc_embed = cls.build_embedding(cfg, src_dict, cfg.encoder.embed_dim, cfg.encoder.embed_path)
             dec_embed = cls.build_embedding(cfg, tgt_dict, cfg.decoder.embed_dim, cfg.decoder.embed_path)
-        encoder = TaskMoEEncoder(cfg, moe_cfg, src_dict, enc_embed)
-        decoder = TaskMoEDecoder(cfg, moe_cfg, tgt_dict, dec_embed, no_encoder_attn=cfg.no_cross_attention)
-        # expert parallel (issue 6): keep this rank's experts when distributed, no-op otherwise
-        return shard_experts_for_expert_parallel(cls(args, encoder, decoder), args)
+        encoder = TaskMoEEncoder(cfg, moe_cfg, src_dict, enc_embed, expert_parallel)
+        decoder = TaskMoEDecoder(cfg, moe_cfg, tgt_dict, dec_embed, no_encoder_attn=cfg.no_cross_attention,
+                                 expert_parallel=expert_parallel)
+        # names the experts by their place in the model and installs the checkpoint hooks
+        return expert_parallel.attach(cls(args, encoder, decoder))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, task_ids=None,
                 return_all_hiddens: bool = True, features_only: bool = False,
