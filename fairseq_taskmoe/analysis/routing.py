@@ -89,15 +89,15 @@ def usage(state: dict, model_ns, task_ns, data: str, pairs: List[str], split="va
         for layer_id in moe_layer_ids(model, side):
             counts = torch.stack([groups[g][side][layer_id] for g in names])  # (G, E)
             layers.append({
-                "side": side, "layer": layer_id, "routing": str(getattr(cfg, f"moe_{side}_routing")),
+                "side": side, "layer": layer_id, "routing": cfg.routing(side),
                 "experts": counts.size(1), "counts": counts.tolist(), "shares": shares(counts).tolist(),
-                "top_k_share": top_k_share(counts, int(cfg.moe_top_k)),
-                "uniform_top_k_share": min(1.0, int(cfg.moe_top_k) / counts.size(1)),
+                "top_k_share": top_k_share(counts, cfg.top_k),
+                "uniform_top_k_share": min(1.0, cfg.top_k / counts.size(1)),
                 "nmi": normalized_mutual_information(counts)})
     summary = {side: {m: sum(l[m] for l in layers if l["side"] == side) / max(1, sum(
         l["side"] == side for l in layers)) for m in ("top_k_share", "nmi")} for side in ("encoder", "decoder")}
     return {"checkpoint": os.path.abspath(ckpt) if ckpt else "", "split": split, "group_by": group_by,
-            "groups": names, "pairs": pairs, "sentences": sentences, "top_k": int(cfg.moe_top_k),
+            "groups": names, "pairs": pairs, "sentences": sentences, "top_k": cfg.top_k,
             "layers": layers, "summary": summary}
 
 
