@@ -98,7 +98,7 @@ def _archive_name_version(base):
             return parse_wheel_filename(base)[:2]
         if base.endswith((".tar.gz", ".zip")):
             return parse_sdist_filename(base)
-    except (InvalidWheelFilename, InvalidSdistFilename):
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):  # packaging < 23.2 raised the last
         pass
     return None
 
