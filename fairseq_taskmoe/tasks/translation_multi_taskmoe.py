@@ -238,8 +238,9 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
     def add_task_ids(self, sample):
         """Put ``task_ids`` (B,) into ``sample["net_input"]`` (in place); returns ``sample``.
 
-        The task's datasets call it from their collater, so train/valid/inference steps
-        need not; call it for a batch built by hand. A no-op when the ids are there already.
+        The task's datasets call it from their collater, so train/valid steps need not;
+        inference_step does (fairseq-interactive drops them), and so may a batch built by
+        hand. A no-op when the ids are there already.
         """
         if sample is None or "net_input" not in sample or self.moe_task_names is None:
             return sample
@@ -275,12 +276,15 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         return FairseqTask.build_generator(self, models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        # task_ids came with the batch: the task's datasets stamp them in their collater.
         plugin = [isinstance(m, TransformerTaskMoEModel) for m in models]
-        if any(plugin) and not all(plugin):
+        if all(plugin):
+            # The task's collater stamped task_ids, but fairseq-interactive rebuilds the
+            # sample from src_tokens and src_lengths alone (the -s/-t pair's ids then).
+            self.add_task_ids(sample)
+        elif any(plugin):
             raise ValueError("--path: cannot ensemble transformer_taskmoe models with stock ones "
                              "(a --format stock extract); decode them separately")
-        if not any(plugin) and sample is not None and "net_input" in sample:
+        elif sample is not None and "net_input" in sample:
             # A stock transformer (a --format stock extract) reads neither task ids nor the
             # language ids this task puts in net_input: its encoder would raise a TypeError.
             # Which task it holds is fixed at extraction (extract.json), not chosen here.
