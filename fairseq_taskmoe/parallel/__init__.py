@@ -7,5 +7,5 @@ every MoE layer it builds. See docs/PARALLEL.md.
 
 from fairseq_taskmoe.parallel import optimizer  # noqa: F401  (registers adam_ep)
 from fairseq_taskmoe.parallel.sharding import (  # noqa: F401
-    ExpertParallelPlan, expert_parallel_from_args, shard_experts_for_expert_parallel,
+    ExpertParallelPlan, expert_parallel_from_args,
 )

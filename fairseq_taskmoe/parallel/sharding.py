@@ -187,11 +187,12 @@ def expert_parallel_from_args(args=None) -> ExpertParallelPlan:
                               load_dirs=load_dirs_from_args(args) if args is not None else ())
 
 
-def shard_moe_layer(moe, rank: int, world: int, plan=None):
-    """Shard a layer built without a plan (bench/expert_parallel.py): keep this rank's rows of
-    its experts and run them through the all-to-all. Models get their experts sharded at
-    construction (``ExpertParallelPlan.build_experts``) instead."""
-    plan = plan or ExpertParallelPlan(rank, world)
+def shard_moe_layer(moe, rank: int, world: int):
+    """Shard a layer built without a plan: keep this rank's rows of its experts and run them
+    through the all-to-all. Only bench/expert_parallel.py still uses it (it can build its
+    layers with ``MoELayer(..., expert_parallel=ExpertParallelPlan(rank, world))`` instead);
+    models get their experts sharded at construction (``ExpertParallelPlan.build_experts``)."""
+    plan = ExpertParallelPlan(rank, world)
     experts = moe.experts
     assert experts.rows == (0, moe.num_experts), "layer already sharded"
     lo, hi = plan.local_rows(moe.num_experts)
@@ -201,17 +202,3 @@ def shard_moe_layer(moe, rank: int, world: int, plan=None):
     experts.num_experts, experts.rows = hi - lo, (lo, hi)
     moe.expert_fn = plan._adopt(experts)
 
-
-def shard_experts_for_expert_parallel(model, args=None):
-    """Shard every MoE layer of a built ``model`` (until build_model passes the plan down)."""
-    from fairseq_taskmoe.moe.layer import MoELayer
-
-    plan = expert_parallel_from_args(args)
-    for moe in [m for m in model.modules() if isinstance(m, MoELayer)]:
-        if plan.world > 1:
-            shard_moe_layer(moe, plan.rank, plan.world, plan)
-        else:
-            for p in moe.experts.parameters():
-                del p.expert  # see build_experts
-            plan._adopt(moe.experts)
-    return plan.attach(model)
