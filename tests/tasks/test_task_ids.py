@@ -86,3 +86,23 @@ def test_inference_dataset_gets_the_pair_given_with_s_t(toy_data):
         assert sample["net_input"]["task_ids"].tolist() == [task.moe_task_names.index("fr")] * 3
         ids = sample["net_input"]["task_ids"]
         assert task.add_task_ids(sample)["net_input"]["task_ids"] is ids  # a no-op when present
+
+
+def test_a_stock_model_under_the_task_gets_no_task_ids_and_decodes(toy_data):
+    # a --format stock extract has no task gate: no ids, and its encoder takes no extra inputs
+    from fairseq.sequence_generator import SequenceGenerator
+
+    tiny = []
+    for side in ("encoder", "decoder"):
+        tiny += [f"--{side}-layers", "1", f"--{side}-embed-dim", "16", f"--{side}-ffn-embed-dim",
+                 "16", f"--{side}-attention-heads", "2"]
+    task = setup_task(toy_data, extra=["--arch", "transformer", *tiny])
+    assert task.moe_task_names is None
+    model = task.build_model(task.args).eval()
+    task.load_dataset("valid", epoch=1)
+    sample = next(iter(batches(task, "valid")))
+    assert "task_ids" not in sample["net_input"]
+    task.args.source_lang, task.args.target_lang = "en", "de"
+    hypos = task.inference_step(SequenceGenerator([model], task.target_dictionary, beam_size=1,
+                                                  max_len_b=3), [model], sample)
+    assert len(hypos) == sample["id"].numel()
