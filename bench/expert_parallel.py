@@ -76,16 +76,15 @@ def padded_run(x_sorted, counts_list, experts, group=None):
 
 def make_layer(args, routing, world, rank, a2a):
     from fairseq_taskmoe.moe.layer import MoELayer
-    from fairseq_taskmoe.parallel.sharding import shard_moe_layer
+    from fairseq_taskmoe.parallel.sharding import ExpertParallelPlan
 
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # every rank draws all E experts and keeps its rows: the W = 1 layer's slices
     layer = MoELayer(args.embed_dim, args.ffn_dim, args.experts, routing, 2, F.relu,
-                     num_tasks=args.tasks, dropless=True)
-    if world > 1:
-        shard_moe_layer(layer, rank, world)
-        if a2a == "padded":
-            experts = layer.experts
-            layer.expert_fn = lambda x, c: padded_run(x, c, experts)
+                     num_tasks=args.tasks, dropless=True,
+                     expert_parallel=ExpertParallelPlan(rank, world) if world > 1 else None)
+    if world > 1 and a2a == "padded":
+        experts = layer.experts
+        layer.expert_fn = lambda x, c: padded_run(x, c, experts)
     return layer
 
 

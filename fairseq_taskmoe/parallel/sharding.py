@@ -185,20 +185,3 @@ def expert_parallel_from_args(args=None) -> ExpertParallelPlan:
     return ExpertParallelPlan(rank, size, gather=bool(getattr(args, "moe_gather_checkpoint", False)),
                               save_dir=getattr(args, "save_dir", None),
                               load_dirs=load_dirs_from_args(args) if args is not None else ())
-
-
-def shard_moe_layer(moe, rank: int, world: int):
-    """Shard a layer built without a plan: keep this rank's rows of its experts and run them
-    through the all-to-all. Only bench/expert_parallel.py still uses it (it can build its
-    layers with ``MoELayer(..., expert_parallel=ExpertParallelPlan(rank, world))`` instead);
-    models get their experts sharded at construction (``ExpertParallelPlan.build_experts``)."""
-    plan = ExpertParallelPlan(rank, world)
-    experts = moe.experts
-    assert experts.rows == (0, moe.num_experts), "layer already sharded"
-    lo, hi = plan.local_rows(moe.num_experts)
-    for name in EXPERT_PARAM_NAMES:
-        p = getattr(experts, name)
-        p.data = p.data[lo:hi].clone()
-    experts.num_experts, experts.rows = hi - lo, (lo, hi)
-    moe.expert_fn = plan._adopt(experts)
-
