@@ -19,12 +19,11 @@ def load(path, data, pair=None):
 
 
 def pair_batches(task, split="test"):
-    """Batches of ``split`` of the task's single pair, with ``task_ids`` set."""
+    """Batches of ``split`` of the task's single pair (``task_ids`` stamped by the task's collater)."""
     task.load_dataset(split)
     itr = task.get_batch_iterator(dataset=task.dataset(split), max_tokens=4000,
                                   num_workers=0).next_epoch_itr(shuffle=False)
     for sample in itr:
-        task.add_task_ids(sample)
         yield sample["net_input"]
 
 
