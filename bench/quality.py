@@ -67,7 +67,14 @@ def env_for(threads):
 
 
 def moe_positions(args):
-    return [str(i) for i in range(args.layers) if args.moe_freq and (i + 1) % args.moe_freq == 0]
+    """Layers (as --moe-layout keys) where the MoE models have experts: the model's own layer plan."""
+    from argparse import Namespace
+
+    from fairseq_taskmoe.config import moe_config_from_args
+
+    cfg = moe_config_from_args(Namespace(moe_freq=args.moe_freq, moe_expert_count=args.experts,
+                                         moe_top_k=args.top_k, moe_encoder_routing="token"))
+    return [str(i) for i, spec in enumerate(cfg.layer_plan("encoder", args.layers)) if spec]
 
 
 def model_flags(args, model):
