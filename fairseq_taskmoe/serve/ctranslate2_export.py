@@ -10,6 +10,10 @@ therefore a copy of the stock checkpoint whose ``args`` is an
 ``argparse.Namespace`` of ``cfg.model`` (the plugin's allowlist lets the
 converter load it with ``weights_only=True``); it lives in the temp dir only.
 
+The converter is subclassed at its ``_load`` hook (the method that returns the model
+spec) to trim the stock format's FFN zero padding before the spec is validated,
+quantized and saved (``ct2_ffn_trim``): the dense layers run at their real width.
+
 ``ctranslate2`` is imported here, lazily: ``import fairseq_taskmoe`` never needs it.
 """
 
@@ -19,6 +23,8 @@ import shutil
 from typing import Dict, List, Optional
 
 import torch
+
+from fairseq_taskmoe.serve import ct2_ffn_trim
 
 # ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES (4.x), listed here so that a bad
 # --quantization is refused before anything is read or written.
@@ -64,14 +70,37 @@ def lang_token(lang: str) -> str:
     return f"__{lang}__"
 
 
-def convert(stock_state: dict, dest: str, vocab_dir: str, pairs: List[str], quantization: str) -> dict:
-    """Write a CTranslate2 model of ``stock_state`` into ``dest`` (an empty temp dir).
+def trimming_converter(*args, ffn_widths=None, **kwargs):
+    """``FairseqConverter(*args, **kwargs)`` whose spec has its FFN zero padding trimmed.
 
-    Returns the ``ctranslate2`` entry of extract.json: quantization, pairs and
-    language-token conventions the translator needs (``serve/ct2_translator.py``).
+    ``ffn_widths``: {side: real FFN width per layer} (None: found from the zero units).
+    After ``convert``, the converter's ``ffn_trim`` holds ``ct2_ffn_trim.trim_spec``'s report.
     """
     from ctranslate2.converters import FairseqConverter
 
+    class TrimmingFairseqConverter(FairseqConverter):
+        ffn_trim = None
+
+        def _load(self):
+            spec = super()._load()
+            self.ffn_trim = ct2_ffn_trim.trim_spec(spec, ffn_widths)
+            return spec
+
+    return TrimmingFairseqConverter(*args, **kwargs)
+
+
+def convert(stock_state: dict, dest: str, vocab_dir: str, pairs: List[str], quantization: str,
+            stock_overhead: Optional[dict] = None) -> dict:
+    """Write a CTranslate2 model of ``stock_state`` into ``dest`` (an empty temp dir).
+
+    ``stock_overhead``: ``stock.pad_to_common_width``'s report for this state, whose real
+    per-layer FFN widths say which units are padding; without it the padding is found
+    from the weights (trailing units that are exactly zero).
+
+    Returns the ``ctranslate2`` entry of extract.json: quantization, pairs and
+    language-token conventions the translator needs (``serve/ct2_translator.py``), and
+    ``ffn_trim``: the FFN width per layer and the units trimmed per layer.
+    """
     import_ctranslate2()
     task_cfg = stock_state["cfg"]["task"]
     info = dict(langtoks(task_cfg), quantization=quantization, pairs=list(pairs))
@@ -83,8 +112,10 @@ def convert(stock_state: dict, dest: str, vocab_dir: str, pairs: List[str], quan
         path = os.path.join(work, "checkpoint.pt")
         torch.save(converter_input, path)
         model_dir = os.path.join(work, "model")
-        FairseqConverter(path, vocab_dir, source_lang=src, target_lang=tgt).convert(
-            model_dir, quantization=quantization)
+        converter = trimming_converter(path, vocab_dir, source_lang=src, target_lang=tgt,
+                                       ffn_widths=ct2_ffn_trim.known_widths(stock_overhead))
+        converter.convert(model_dir, quantization=quantization)
+        info["ffn_trim"] = converter.ffn_trim
         for name in os.listdir(model_dir):
             os.replace(os.path.join(model_dir, name), os.path.join(dest, name))
     finally:

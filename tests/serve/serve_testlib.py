@@ -25,3 +25,43 @@ def strip_langtok(source):
     """fairseq's S- line of a multilingual source starts with the language token."""
     words = source.split()
     return " ".join(words[1:] if words and words[0].startswith("__") else words)
+
+
+def ct2_variable_shapes(model_dir):
+    """{variable name: shape} of a CTranslate2 ``model.bin`` (its header fields, data skipped).
+
+    Layout read (ctranslate2 4.x ``ModelSpec._serialize``): u32 version, string spec name,
+    u32 revision, u32 variable count, then per variable: string name, u8 rank, rank x u32
+    dims, u8 dtype id, u32 byte count, the bytes. A string is a u16 length (NUL included),
+    the characters and the NUL.
+    """
+    import struct
+    from pathlib import Path
+
+    data = Path(model_dir, "model.bin").read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        values = struct.unpack_from("<" + fmt, data, pos)
+        pos += struct.calcsize("<" + fmt)
+        return values
+
+    def string():
+        nonlocal pos
+        (length,) = take("H")
+        pos += length
+        return data[pos - length:pos - 1].decode("utf-8")
+
+    take("I")
+    string()
+    take("I")
+    (count,) = take("I")
+    shapes = {}
+    for _ in range(count):
+        name = string()
+        (rank,) = take("B")
+        shapes[name] = take("I" * rank)
+        _, nbytes = take("BI")
+        pos += nbytes
+    return shapes
