@@ -175,7 +175,8 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
     report["vocab_dir"] = vocab
     with atomic_dir(out_dir, replace=force) as tmp:
         if fmt == "ctranslate2":
-            report["ctranslate2"] = ct2_export.convert(out_state, tmp, vocab, pairs, quantization)
+            report["ctranslate2"] = ct2_export.convert(out_state, tmp, vocab, pairs, quantization,
+                                                       stock_overhead=overhead)
         else:
             atomic_torch_save(out_state, os.path.join(tmp, "checkpoint.pt"))
         report["vocab_files"] = outdir.copy_vocab(vocab, tmp)

@@ -1,6 +1,7 @@
 """Serving: translate with a full model, an extract (plugin, stock) or a CTranslate2 export.
 
 Files: ``ctranslate2_export.py`` (``--format ctranslate2`` of fairseq-taskmoe-extract),
+``ct2_ffn_trim.py`` (trims the stock extract's FFN padding from the converted spec),
 ``fairseq_translator.py`` and ``ct2_translator.py`` (one ``translate(sentences, src, tgt)``
 per engine), ``hub.py`` (``from_pretrained``: picks the engine by what the path holds),
 ``cli.py`` (``fairseq-taskmoe-translate``). ``ctranslate2`` is imported only when a
