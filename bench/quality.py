@@ -53,6 +53,7 @@ ROUTING = {"dense-active": None, "token-moe": ("token", "token"), "task-moe": ("
            "task-moe-both": ("task", "task"), "student": None}
 SEEDED = ("dense-active", "token-moe", "task-moe")  # trained once per --seeds entry
 FIRST_SEED_ONLY = ("task-moe-both",)
+ALL_MODELS = ("dense-active", "token-moe", "task-moe", "task-moe-both", "student")
 # (baseline, system) pairs compared by paired bootstrap, seed by seed where both have the seed
 COMPARISONS = [("token-moe", "task-moe"), ("token-moe", "task-moe-both"), ("dense-active", "task-moe"),
                ("dense-active", "student")]
@@ -260,7 +261,8 @@ def score_subset(args, subset, models, all_pairs, lang_pairs, seeds):
         scores = dict(zip(models, pool.map(
             lambda run: evaluate(args, run, models[run], pairs, lang_pairs, subset), models)))
     rows = summarize(scores, pairs)
-    exact = same_hypotheses(scores[f"task-moe.s{first}"], scores[f"task-moe-extracted.s{first}"])
+    full, extracted = f"task-moe.s{first}", f"task-moe-extracted.s{first}"
+    exact = same_hypotheses(scores[full], scores[extracted]) if extracted in scores else None
     tests = bootstrap(scores, pairs, seeds)
     signatures = sorted({f"{m}: {sig}" for res in scores.values() for r in res.values()
                          for m, sig in r["signatures"].items()})
@@ -321,6 +323,9 @@ def get_parser():
     p.add_argument("--jobs", type=int, default=1, help="trainings / evaluations run side by side")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every fairseq subprocess")
     p.add_argument("--json", default=None, help="default: OUT/quality.json")
+    p.add_argument("--models", default=",".join(ALL_MODELS),
+                   help="comma-separated subset of: " + ", ".join(ALL_MODELS) + " (student needs token-moe; "
+                        "the extracts come with task-moe)")
     p.add_argument("--smoke", action="store_true", help="toy corpus, tiny models and budget (CI, ~2 min)")
     return p
 
@@ -348,6 +353,13 @@ def resolve(args):
         has_docs = any(Path(args.data).glob("test_doc.*.idx"))
         args.subsets = "test,test_doc" if has_docs else "test"
     subsets = [s for s in args.subsets.split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown or not models:
+        raise SystemExit(f"--models {args.models!r}: choose from {', '.join(ALL_MODELS)}")
+    if "student" in models and TEACHER not in models:
+        raise SystemExit(f"--models: student is distilled from {TEACHER}; add {TEACHER}")
+    args.models = models
     return seeds, pairs, subsets
 
 
@@ -359,27 +371,33 @@ def main(argv=None):
     lang_pairs = ",".join(pairs)
     log = lambda s: print(s, flush=True)  # noqa: E731
     first = seeds[0]
-    jobs = [(f"{m}.s{s}", m, s) for m in SEEDED for s in seeds] + [(f"{m}.s{first}", m, first)
-                                                                   for m in FIRST_SEED_ONLY]
+    jobs = [(f"{m}.s{s}", m, s) for m in SEEDED if m in args.models for s in seeds] + [
+        (f"{m}.s{first}", m, first) for m in FIRST_SEED_ONLY if m in args.models]
     with ThreadPoolExecutor(args.jobs) as pool:
         ckpts = dict(zip([j[0] for j in jobs], pool.map(
             lambda j: train(args, j[0], j[1], j[2], args.data, lang_pairs, log), jobs)))
     flags = benchlib.task_flags(args.data, lang_pairs)
-    student_data = distill.build_student_data(
-        PY, ckpts[f"{TEACHER}.s{first}"], args.data, Path(args.out) / "distilled", pairs, lang_pairs, flags,
-        args.distill_sentences, args.distill_beam, env_for(args.threads), log, seed=first)
-    ckpts[f"student.s{first}"] = train(args, f"student.s{first}", "student", first, student_data, lang_pairs, log)
-    extracted = extract_per_target(args, ckpts[f"task-moe.s{first}"], f"task-moe.s{first}",
-                                                    sorted({p.split("-")[1] for p in pairs}))
+    student_data = None
+    if "student" in args.models:
+        student_data = distill.build_student_data(
+            PY, ckpts[f"{TEACHER}.s{first}"], args.data, Path(args.out) / "distilled", pairs, lang_pairs, flags,
+            args.distill_sentences, args.distill_beam, env_for(args.threads), log, seed=first)
+        ckpts[f"student.s{first}"] = train(args, f"student.s{first}", "student", first, student_data, lang_pairs,
+                                           log)
+    extracted = {}
+    if "task-moe" in args.models:
+        extracted = extract_per_target(args, ckpts[f"task-moe.s{first}"], f"task-moe.s{first}",
+                                       sorted({p.split("-")[1] for p in pairs}))
     models = {run: {"*": c} for run, c in ckpts.items()}
-    models[f"task-moe-extracted.s{first}"] = extracted
+    if extracted:
+        models[f"task-moe-extracted.s{first}"] = extracted
     result = {"bench": "quality", "env": benchlib.environment(), "config": vars(args), "pairs": pairs,
               "seeds": seeds, "subsets": {},
               "params": {**{run: count_params(c, args.top_k) for run, c in ckpts.items() if run.endswith(f".s{first}")},
                          **{f"task-moe-extracted.s{first}:{lang}": count_params(c, args.top_k)
                             for lang, c in extracted.items()}},
               "distill_sample": json.loads((Path(student_data) / "sample.json").read_text())
-              if (Path(student_data) / "sample.json").is_file() else None}
+              if student_data and (Path(student_data) / "sample.json").is_file() else None}
     for subset in subsets:
         result["subsets"][subset] = score_subset(args, subset, models, pairs, lang_pairs, seeds)
     result["seconds"] = round(time.time() - t_start)
