@@ -122,16 +122,12 @@ class ExpertParallelPlan:
         # params out of the norm, so at W = 1 (--clip-norm) they must be ordinary params.
         experts = StackedExperts(num_experts, embed_dim, ffn_dim, activation_fn, activation_dropout,
                                  rows=self.local_rows(num_experts), tag_expert=self.world > 1)
-        return experts, self._adopt(experts)
-
-    def _adopt(self, experts):
-        """Count ``experts`` as built by this plan; its ``expert_fn`` (None at W = 1)."""
         self._built.append(experts)
         if self.world == 1:
-            return None
+            return experts, None
         for p in experts.parameters():
             p.register_hook(lambda g, w=self.world: g / w)  # see the module docstring
-        return ExpertParallelRun(experts)
+        return experts, ExpertParallelRun(experts)
 
     def attach(self, model):
         """Name the experts this plan built by their place in ``model``; install the hooks
