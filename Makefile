@@ -7,7 +7,7 @@ FAIRSEQ_PIN := ve-fairseq==0.12.3
 FAIRSCALE_PIN := fairscale==0.4.13
 PYTEST_ARGS ?=
 
-.PHONY: env demo test clean-demo
+.PHONY: env demo test clean-demo gpu-check
 
 env: $(STAMP)
 
@@ -32,6 +32,12 @@ test: $(STAMP)
 # The full-size run (the old demo's 4.8M training tokens): make demo MAX_UPDATE=2400 EVAL_N=0 OUT=demo-full
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh
+
+# The one GPU check (scripts/gpu_check.py, under 8 minutes): gpu-marked tests, --amp and
+# --memory-efficient-fp16 training killed and resumed, bf16 MoE layer benchmark. Needs a CUDA
+# device (exit 2 without one); results in gpu-check/gpu_check.json.
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py --out gpu-check
 
 clean-demo:
 	rm -rf demo
