@@ -33,6 +33,8 @@ from fairseq_taskmoe.parallel.shards import ShardReader, resolve_shard_dir
 # pytorch_ddp would average different experts' grads across ranks.
 EP_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 EP_OPTIMIZERS = ("adam_ep",)
+# Tasks whose train_step installs the loss scaler all ranks agree on (parallel/scaler.py).
+EP_AMP_TASKS = ("translation_multi_simple_epoch_taskmoe",)
 
 
 def expert_parallel_world():
@@ -64,6 +66,12 @@ def check_training_args(args, world: int):
     if getattr(args, "no_save_optimizer_state", False):
         raise ValueError("expert parallel does not support --no-save-optimizer-state: fairseq then "
                          "skips the all-rank hook that gathers experts for the checkpoint")
+    task = getattr(args, "task", None)
+    if getattr(args, "amp", False) and str(task) not in EP_AMP_TASKS:
+        raise ValueError(f"expert parallel with --amp needs --task one of {', '.join(EP_AMP_TASKS)}; "
+                         f"got {task!r} (that task gives fairseq's AMP optimizer the loss scaler "
+                         "whose overflow check is shared by all ranks; with fairseq's own, a rank "
+                         "with an inf in its experts skips a step that the other ranks take)")
     if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(
             args, "memory_efficient_fp16", False) and not getattr(args, "memory_efficient_bf16", False):
         flag = "--bf16" if getattr(args, "bf16", False) else "--fp16"
