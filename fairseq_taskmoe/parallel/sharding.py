@@ -75,11 +75,20 @@ def check_training_args(args, world: int):
     if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(
             args, "memory_efficient_fp16", False) and not getattr(args, "memory_efficient_bf16", False):
         flag = "--bf16" if getattr(args, "bf16", False) else "--fp16"
-        raise ValueError(f"expert parallel does not support {flag} (fairseq's fp32 master copy of "
-                         "the params is a separate tensor per param, or one flat tensor, that the "
-                         "expert-parallel optimizer cannot map back to the sharded experts); use "
-                         f"--memory-efficient-{flag[2:]} (same compute dtype, fp32 optimizer maths) "
-                         "or --amp")
+        # Why not --fp16-no-flatten-grads: its per-param fp32 copies carry `expert` but not
+        # the plan (adam_ep's one link to ranks, rows and names), and fairseq loads the saved
+        # optimizer state into them before any plugin code runs, so the rows could not be
+        # picked at resume, nor the copies named in a sharded save (docs/PARALLEL.md).
+        flat = not getattr(args, "fp16_no_flatten_grads", False) and flag == "--fp16"
+        raise ValueError(f"expert parallel does not support {flag}, with or without "
+                         "--fp16-no-flatten-grads: fairseq's FP16Optimizer runs Adam on fp32 copies "
+                         f"of the params{' (one flat tensor)' if flat else ''}, and loads the "
+                         "checkpoint's optimizer state into them, without their link to the "
+                         "expert-parallel plan, so adam_ep cannot tell which rank's experts a copy "
+                         "holds (a resume would hand a rank another rank's Adam moments; a sharded "
+                         f"save could not name them); use --memory-efficient-{flag[2:]} (the same "
+                         f"{flag[2:]} compute, adam_ep keeping fp32 moments and maths) or --amp "
+                         "(fp32 params, autocast compute)")
 
 
 def expert_parallel_world():

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from fairseq import optim
-from fairseq.optim import AMPOptimizer
+from fairseq.optim import AMPOptimizer, MemoryEfficientFP16Optimizer
 
 from parallel import ep_harness as H
 from fairseq_taskmoe.parallel.scaler import (
@@ -99,10 +99,38 @@ def _fp32_reference(rank, world):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _mem_eff_fp16(rank, world, poison):
+    """fairseq's MemoryEfficientFP16Optimizer (its DynamicLossScaler decides from the grad
+    norm, which adam_ep all-reduces) on given fp16 grads; rank 0's expert grad inf if
+    ``poison``. Returns whether this rank saw the overflow, its loss scale, dense params."""
+    model = H.build().half()
+    opt = MemoryEfficientFP16Optimizer.build_optimizer(H.fairseq_cfg(world, INIT_SCALE),
+                                                       list(model.parameters()))
+    opt.zero_grad()
+    g = torch.Generator().manual_seed(rank)
+    for p in model.parameters():
+        p.grad = (torch.randn(p.shape, generator=g) * 0.1).half()
+    if poison and rank == 0:
+        model.moes[0].experts.fc1_weight.grad[0, 0, 0] = float("inf")
+    for p in model.parameters():
+        if not hasattr(p, "expert"):
+            p.grad /= world
+            dist.all_reduce(p.grad)
+    try:
+        opt.clip_grad_norm(0.0)
+        opt.step()
+        overflow = False
+    except OverflowError:  # fairseq's Trainer then skips the update
+        overflow = True
+    return {"overflow": overflow, "loss_scale": opt.scaler.loss_scale, "dense": _dense(model)}
+
+
 def _worker(rank, world, port, out_dir):
     H.init_gloo(rank, world, port)
     try:
         report = {v: _run(rank, world, v, poison_rank=0) for v in ("ep", "stock")}
+        report.update({f"mem-eff {poison}": _mem_eff_fp16(rank, world, poison)
+                       for poison in (True, False)})
         report.update({f"{v} clean": _run(rank, world, v, poison_rank=None) for v in ("ep", "stock")})
         report["fp32"] = _fp32_reference(rank, world)
         torch.save(report, out_dir / f"rank{rank}.pt")
@@ -110,10 +138,17 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def test_ranks_agree_on_overflow(tmp_path):
+@pytest.fixture(scope="module")
+def two_rank_reports(tmp_path_factory):
+    """Every 2-rank run of this file, in one spawn."""
+    out = tmp_path_factory.mktemp("amp")
     torch.set_num_threads(1)
-    mp.spawn(_worker, args=(2, H.free_port(), tmp_path), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    mp.spawn(_worker, args=(2, H.free_port(), out), nprocs=2, join=True)
+    return out
+
+
+def test_ranks_agree_on_overflow(two_rank_reports):
+    r0, r1 = (torch.load(two_rank_reports / f"rank{r}.pt") for r in range(2))
 
     # The plugin's scaler: rank 0's inf makes both ranks skip and halve the scale.
     for r in (r0["ep"], r1["ep"]):
@@ -139,6 +174,19 @@ def test_ranks_agree_on_overflow(tmp_path):
         assert any(not torch.equal(got, want) for got, want in zip(r["stock clean"]["params"], r["fp32"]))
     for n, t in r0["ep clean"]["dense"].items():
         assert torch.equal(t, r1["ep clean"]["dense"][n]), n
+
+
+def test_memory_efficient_fp16_ranks_agree_on_overflow(two_rank_reports):
+    """--memory-efficient-fp16 needs no new scaler: fairseq's DynamicLossScaler decides from
+    adam_ep's grad norm, which is all-reduced, so an inf in rank 0's experts is an overflow
+    on both ranks (same new scale, no step); without one, both step alike."""
+    r0, r1 = (torch.load(two_rank_reports / f"rank{r}.pt") for r in range(2))
+    for r in (r0, r1):
+        assert r["mem-eff True"]["overflow"] and r["mem-eff True"]["loss_scale"] == INIT_SCALE / 2
+        assert not r["mem-eff False"]["overflow"] and r["mem-eff False"]["loss_scale"] == INIT_SCALE
+    for kind in ("mem-eff True", "mem-eff False"):
+        for n, t in r0[kind]["dense"].items():
+            assert torch.equal(t, r1[kind]["dense"][n]), (kind, n)
 
 
 def test_swap_keeps_settings_and_state():

@@ -8,7 +8,9 @@ raw entries back, which are missing (sharded save) or hold all E experts
 wrapper, for W = 1, W = 2 sharded, gathered -> W = 2 and W = 2 -> W = 1: every
 moment after the resume is the saved fp32 tensor exactly, and the next step
 moves the moments exactly as an fp32 resume does. The same resume without the
-fix loses the moments (the test can fail).
+fix loses the moments (the test can fail). And why ``--fp16`` stays refused
+with W > 1: fairseq's FP16Optimizer loads the same sharded state into fp32
+copies without the plan link, and every rank gets rank 0's experts' moments.
 
 fairseq itself cannot train --fp16 without CUDA, so the state is saved from
 fp32 training (the moments are fp32 either way) and the fp16 model only loads
@@ -17,13 +19,15 @@ and takes one step with given grads (no fp16 matmul).
 
 import copy
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fairseq.optim import MemoryEfficientFP16Optimizer
+from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer
 
 from parallel import ep_harness as H
 from fairseq_taskmoe.parallel.optimizer import ExpertParallelAdam
+from fairseq_taskmoe.parallel.sharding import check_training_args
 
 
 def _resume(ckpt_model, ckpt_opt, world, dtype=torch.float16):
@@ -86,6 +90,25 @@ def _unfixed(monkeypatch_like):
     monkeypatch_like(ExpertParallelAdam, "_restore_saved_dtypes", lambda self, groups, state: None)
 
 
+def _fp16_optimizer_rows(ckpt, world):
+    """Why --fp16 stays refused with W > 1: fairseq's FP16Optimizer (--fp16-no-flatten-grads)
+    loads the sharded state into fp32 copies that lack the plan link. Returns, per expert
+    copy, which rank's rows of the complete (gathered) moments it got."""
+    half = H.build(seed=123)
+    half.load_state_dict(copy.deepcopy(ckpt["shared_model_sd"]))
+    half.half()
+    opt = FP16Optimizer.build_optimizer(H.fairseq_cfg(world), list(half.parameters()))
+    opt.load_state_dict(copy.deepcopy(ckpt["shared_opt_sd"]))
+    rows = []
+    for i, p32 in enumerate(opt.fp32_params):
+        if hasattr(p32, "expert"):
+            assert getattr(p32, "expert_shard", None) is None  # the tag is copied, the link is not
+            full, n = ckpt["opt_sd"]["state"][i]["exp_avg"], p32.size(0)
+            got = opt.optimizer.state[p32]["exp_avg"]
+            rows.append([r for r in range(world) if torch.equal(got, full[r * n:(r + 1) * n])])
+    return rows
+
+
 def _worker(rank, world, port, out_dir):
     H.init_gloo(rank, world, port)
     try:
@@ -101,6 +124,7 @@ def _worker(rank, world, port, out_dir):
                 assert torch.equal(p.detach().half(), q), "the fp16 model must resume too"
             report[kind] = _moment_problems(half, adam, live)
             report[kind + " step"] = _step_like_fp32(ckpt[keys[0]], ckpt[keys[1]], world)
+        report["fp16 copies"] = _fp16_optimizer_rows(ckpt, world)
         saved = {}
 
         def setattr_saved(obj, name, value):
@@ -159,6 +183,11 @@ def test_w2_resumes_keep_fp32_moments(tmp_path):
         # ... and a gathered checkpoint's full (E-row) moments break the next step.
         assert "size" in report["gathered unfixed"], report["gathered unfixed"]
 
+    # --fp16: every rank's copies got rank 0's experts' moments (hence the refusal).
+    for rank in range(2):
+        rows = torch.load(tmp_path / f"report{rank}.pt")["fp16 copies"]
+        assert rows and all(r == [0] for r in rows), (rank, rows)
+
     # W = 2 sharded -> W = 1: every expert's moments from both shard files, in fp32.
     ckpt = torch.load(tmp_path / "result.pt", weights_only=True)
     complete = {i: {k: torch.as_tensor(v) for k, v in st.items()}
@@ -166,3 +195,15 @@ def test_w2_resumes_keep_fp32_moments(tmp_path):
     half, _, adam = _resume(ckpt["shared_model_sd"], ckpt["shared_opt_sd"], 1)
     assert _moment_problems(half, adam, complete) == []
     assert _step_like_fp32(ckpt["shared_model_sd"], ckpt["shared_opt_sd"], 1) == []
+
+
+def test_fp16_refused_with_expert_parallel_and_why():
+    from argparse import Namespace
+
+    base = {"ddp_backend": "legacy_ddp", "optimizer": "adam_ep", "load_checkpoint_on_all_dp_ranks": True}
+    for extra in ({}, {"fp16_no_flatten_grads": True}):
+        with pytest.raises(ValueError, match=r"does not support --fp16, with or without "
+                                             r"--fp16-no-flatten-grads: .*another rank's Adam "
+                                             r"moments.*use --memory-efficient-fp16 .* or --amp"):
+            check_training_args(Namespace(**base, fp16=True, **extra), 2)
+    check_training_args(Namespace(**base, fp16=True, memory_efficient_fp16=True), 2)
