@@ -46,6 +46,9 @@ class ExpertParallelAdam(Adam):
     """fairseq ``Adam`` whose checkpoints hold every rank's expert moments exactly once."""
 
     _full_expert_state = None  # {(param index, state key): full tensor}, rank 0, after a gather
+    # fairseq's MemoryEfficientFP16Optimizer.load_state_dict otherwise writes the checkpoint's
+    # raw optimizer entries over ours after load_state_dict: see _restore_saved_dtypes.
+    disable_mem_eff_fp16_loading_hack = True
 
     def _indexed_params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -148,6 +151,27 @@ class ExpertParallelAdam(Adam):
         state_dict = {k: v for k, v in state_dict.items()
                       if k not in ("expert_param_indices", "expert_param_names", REF_KEY)}
         super().load_state_dict({**state_dict, "state": state})
+        self._restore_saved_dtypes(state_dict["param_groups"], state)
+
+    def _restore_saved_dtypes(self, saved_groups, state):
+        """Give every param back its moments in the dtype they were saved in.
+
+        torch's ``load_state_dict`` casts the state to each param's dtype: fp16 under
+        ``--memory-efficient-fp16``, where fairseq's Adam keeps fp32 moments (an fp16
+        ``exp_avg_sq`` underflows to 0). ``state`` holds this rank's rows of every entry
+        (sliced or read from the shard files above), so this is the place to undo the
+        cast: fairseq's own undo, in ``MemoryEfficientFP16Optimizer.load_state_dict``,
+        writes the checkpoint's raw entries back, which are full-size or missing for
+        experts (hence ``disable_mem_eff_fp16_loading_hack``)."""
+        saved_ids = [i for group in saved_groups for i in group["params"]]
+        by_id = dict(zip(saved_ids, self._indexed_params()))
+        for i, entry in state.items():
+            p = by_id.get(i)
+            if p is None or p not in self.state:
+                continue
+            for k, v in entry.items():
+                if k != "step" and torch.is_tensor(v) and v.is_floating_point():
+                    self.state[p][k] = v.to(device=p.device)
 
 
 @torch.no_grad()

@@ -33,6 +33,8 @@ from fairseq_taskmoe.parallel.shards import ShardReader, resolve_shard_dir
 # pytorch_ddp would average different experts' grads across ranks.
 EP_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 EP_OPTIMIZERS = ("adam_ep",)
+# Tasks whose train_step installs the loss scaler all ranks agree on (parallel/scaler.py).
+EP_AMP_TASKS = ("translation_multi_simple_epoch_taskmoe",)
 
 
 def expert_parallel_world():
@@ -64,14 +66,29 @@ def check_training_args(args, world: int):
     if getattr(args, "no_save_optimizer_state", False):
         raise ValueError("expert parallel does not support --no-save-optimizer-state: fairseq then "
                          "skips the all-rank hook that gathers experts for the checkpoint")
+    task = getattr(args, "task", None)
+    if getattr(args, "amp", False) and str(task) not in EP_AMP_TASKS:
+        raise ValueError(f"expert parallel with --amp needs --task one of {', '.join(EP_AMP_TASKS)}; "
+                         f"got {task!r} (that task gives fairseq's AMP optimizer the loss scaler "
+                         "whose overflow check is shared by all ranks; with fairseq's own, a rank "
+                         "with an inf in its experts skips a step that the other ranks take)")
     if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) and not getattr(
             args, "memory_efficient_fp16", False) and not getattr(args, "memory_efficient_bf16", False):
         flag = "--bf16" if getattr(args, "bf16", False) else "--fp16"
-        raise ValueError(f"expert parallel does not support {flag} (fairseq's fp32 master copy of "
-                         "the params is a separate tensor per param, or one flat tensor, that the "
-                         "expert-parallel optimizer cannot map back to the sharded experts); use "
-                         f"--memory-efficient-{flag[2:]} (same compute dtype, fp32 optimizer maths) "
-                         "or --amp")
+        # Why not --fp16-no-flatten-grads: its per-param fp32 copies carry `expert` but not
+        # the plan (adam_ep's one link to ranks, rows and names), and fairseq loads the saved
+        # optimizer state into them before any plugin code runs, so the rows could not be
+        # picked at resume, nor the copies named in a sharded save (docs/PARALLEL.md).
+        flat = not getattr(args, "fp16_no_flatten_grads", False) and flag == "--fp16"
+        raise ValueError(f"expert parallel does not support {flag}, with or without "
+                         "--fp16-no-flatten-grads: fairseq's FP16Optimizer runs Adam on fp32 copies "
+                         f"of the params{' (one flat tensor)' if flat else ''}, and loads the "
+                         "checkpoint's optimizer state into them, without their link to the "
+                         "expert-parallel plan, so adam_ep cannot tell which rank's experts a copy "
+                         "holds (a resume would hand a rank another rank's Adam moments; a sharded "
+                         f"save could not name them); use --memory-efficient-{flag[2:]} (the same "
+                         f"{flag[2:]} compute, adam_ep keeping fp32 moments and maths) or --amp "
+                         "(fp32 params, autocast compute)")
 
 
 def expert_parallel_world():

@@ -30,6 +30,7 @@ from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleE
 from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, split_task_names, validate_training
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 from fairseq_taskmoe.moe.router import Router
+from fairseq_taskmoe.parallel.scaler import install_expert_parallel_scaler
 from fairseq_taskmoe.tasks.task_id_dataset import TaskIdDataset
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,12 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
                 if isinstance(module, Router):
                     module.allow_new_task_rows = True
         return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        # --amp with adam_ep: ranks agree on skipping a step (parallel/scaler.py). Every call:
+        # fairseq rebuilds its optimizer, and with it the scaler, on each checkpoint load.
+        install_expert_parallel_scaler(optimizer)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)

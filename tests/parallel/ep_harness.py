@@ -178,3 +178,19 @@ def init_gloo(rank, world, port):
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def fairseq_cfg(world=1, init_scale=128, lr=0.01):
+    """The parts of fairseq's config that its optimizer wrappers read (AMPOptimizer,
+    MemoryEfficientFP16Optimizer, FP16Optimizer) around ``--optimizer adam_ep``."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "optimizer": {"_name": "adam_ep", "lr": [lr], "tpu": False},
+        "common": {"fp16_init_scale": init_scale, "fp16_scale_window": None,
+                   "fp16_scale_tolerance": 0.0, "threshold_loss_scale": None,
+                   "min_loss_scale": 1e-4, "bf16": False, "amp_scale_window": None,
+                   "fp16_no_flatten_grads": True, "model_parallel_size": 1},
+        "optimization": {"update_freq": [1]},
+        "distributed_training": {"distributed_world_size": world},
+    })
