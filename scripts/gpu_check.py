@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 UPDATES, KILL_AT = 200, 100
 PAIRS = "en-de,de-en,en-fr,fr-en,en-es,es-en"
 MODES = {
-    "amp": ["--amp", "--optimizer", "adam"],
+    "amp": ["--amp", "--optimizer", "adam_ep"],  # adam_ep: the plugin's loss scaler (parallel/scaler.py)
     "memory_efficient_fp16": ["--memory-efficient-fp16", "--optimizer", "adam_ep"],
 }
 
