@@ -15,9 +15,8 @@ import torch
 from parallel.ep_harness import free_port
 from taskmoe_testlib import BIN, N_EVAL, multilingual_task_args, run_cli, train_args
 
-from fairseq_taskmoe.checkpoints import current_umask, load_source
-from fairseq_taskmoe.parallel.merge import load_merged_state, main as merge_main
-from fairseq_taskmoe.parallel.shards import REF_KEY
+from fairseq_taskmoe.checkpoints import REF_KEY, current_umask, load_merged_state, load_source
+from fairseq_taskmoe.parallel.merge import main as merge_main
 from fairseq_taskmoe.parallel.sharding import check_training_args
 
 EP_FLAGS = ["--optimizer", "adam_ep", "--cpu", "--distributed-backend", "gloo",
