@@ -183,6 +183,24 @@ def test_shard_set_decodes_at_w1_like_the_merged_checkpoint(ep_runs, toy_data, t
     assert _generate(toy_data, shared) == _generate(toy_data, tmp_path / "merged.pt")
 
 
+def test_generate_finds_the_shards_beside_a_moved_checkpoint(ep_runs, toy_data, tmp_path):
+    """A save dir moved elsewhere (the dir recorded at save time gone): fairseq-generate looks
+    beside the file given with --path first, and decodes as the merged checkpoint does."""
+    root, _, _ = ep_runs
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    state = torch.load(root / "resumed" / "checkpoint_last.pt", weights_only=True)
+    for f in state["model"][REF_KEY]["files"]:
+        (moved / f).write_bytes((root / "resumed" / f).read_bytes())
+    gone = str(tmp_path / "gone")  # where it was saved and trained: not there any more
+    state["model"][REF_KEY]["dir"] = gone
+    for group in ("model", "task"):
+        state["cfg"][group].save_dir = gone
+    torch.save(state, moved / "checkpoint_last.pt")
+    merge_main(["merge", str(root / "resumed" / "checkpoint_last.pt"), "--out", str(tmp_path / "merged.pt")])
+    assert _generate(toy_data, moved / "checkpoint_last.pt") == _generate(toy_data, tmp_path / "merged.pt")
+
+
 def test_split_merge_round_trip(ep_runs, tmp_path):
     root, _, _ = ep_runs
     ckpt = root / "straight" / "checkpoint_last.pt"
