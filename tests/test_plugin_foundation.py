@@ -10,7 +10,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils, utils
 
-from fairseq_taskmoe.safe_load import UnsafeCheckpointError, load_checkpoint_safely
+from fairseq_taskmoe.checkpoints import UnsafeCheckpointError, load_checkpoint_safely
 from taskmoe_testlib import PLUGIN_DIR, run_cli
 
 

@@ -7,34 +7,21 @@ plain dict in ``--format stock`` extracts) or, when older, as ``args``.
 
 import argparse
 import hashlib
-import importlib
 import os
-import re
 from typing import List, Optional
 
 from fairseq_taskmoe.checkpoints.safe_load import load_checkpoint_safely
-
-# Expert-parallel shard sets are named NAME.ep<rank>-of-<world>.pt (fairseq_taskmoe.parallel).
-SHARD_NAME = re.compile(r"\.ep\d+-of-\d+\.pt$")
-
-
-def _merged_state(path: str):
-    try:
-        merge = importlib.import_module("fairseq_taskmoe.parallel.merge")
-    except ImportError as err:
-        raise ValueError(f"{path}: sharded checkpoints need fairseq_taskmoe.parallel ({err})") from err
-    return merge.load_merged_state(path)
+from fairseq_taskmoe.checkpoints.shards import SPLIT_FILE, is_sharded_checkpoint, load_merged_state
 
 
 def load_source(path: str) -> dict:
     """The full checkpoint state (weights_only load; expert-parallel shard sets merged)."""
     path = os.fspath(path)
-    if SHARD_NAME.search(os.path.basename(path)):
-        return _merged_state(path)
+    if SPLIT_FILE.match(os.path.basename(path)):
+        return load_merged_state(path)
     state = load_checkpoint_safely(path)
-    if isinstance(state, dict) and ("expert_parallel" in state or (
-            isinstance(state.get("model"), dict) and "_expert_shards" in state["model"])):
-        return _merged_state(path)  # a split shard, or the shared file of a sharded training save
+    if isinstance(state, dict) and ("expert_parallel" in state or is_sharded_checkpoint(state)):
+        return load_merged_state(path)  # a split shard, or the shared file of a sharded training save
     return state
 
 

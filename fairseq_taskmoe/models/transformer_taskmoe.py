@@ -73,7 +73,7 @@ class TransformerTaskMoEModel(TransformerModel):
         refuse_unsupported_stock_flags(args)
         # Expert parallel, decided once: rank and world size (torch.distributed, W = 1 when not
         # initialized) go to every MoE layer, which builds only this rank's experts.
-        expert_parallel = expert_parallel_from_args(args)
+        expert_parallel = expert_parallel_from_args(args, task)
         # as stock TransformerModel.build_model does
         if getattr(args, "max_source_positions", None) is None:
             args.max_source_positions = DEFAULT_MAX_SOURCE_POSITIONS

@@ -26,9 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fairseq_taskmoe.parallel.shards import REF_KEY
-
-EXPERT_PARAM_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+from fairseq_taskmoe.checkpoints.shards import EXPERT_PARAM_NAMES, REF_KEY
 
 
 def gather_dim0_to_rank0(t: Tensor, group=None):
@@ -105,14 +103,21 @@ def install_checkpoint_hooks(model, plan, experts_modules):
             experts.register_state_dict_post_hook(partial(full_experts_state_dict_hook, plan=plan))
 
 
-def load_dirs_from_args(args):
-    """Where shard files of a checkpoint being loaded may be: beside --restore-file /
-    --finetune-from-model, else --save-dir (fairseq's own resolution of checkpoint_last.pt)."""
+def load_dirs_from_args(args, task=None):
+    """Where the shard files of a checkpoint being loaded may be, in order: beside the
+    checkpoint files the command line loads (fairseq-generate / -interactive ``--path``,
+    a colon-separated list, read from the task: generate builds the model from the
+    checkpoint's args, which name the training run's directories, not this file's), beside
+    --restore-file / --finetune-from-model, else --save-dir (fairseq's own resolution of
+    checkpoint_last.pt). ``resolve_shard_dir`` then falls back to the dir recorded at save."""
     dirs = []
-    for attr in ("restore_file", "finetune_from_model"):
-        path = getattr(args, attr, None)
-        if path and os.path.dirname(str(path)):
-            dirs.append(os.path.dirname(os.path.abspath(str(path))))
+    for ns, attrs in ((getattr(task, "args", None), ("path",)),
+                      (args, ("path", "restore_file", "finetune_from_model"))):
+        for attr in attrs:
+            value = getattr(ns, attr, None) if ns is not None else None
+            for path in (str(value).split(os.pathsep) if value and "://" not in str(value) else []):
+                if os.path.dirname(path) or attr == "path":
+                    dirs.append(os.path.dirname(os.path.abspath(path)))
     if getattr(args, "save_dir", None):
         dirs.append(os.path.abspath(args.save_dir))
-    return dirs
+    return list(dict.fromkeys(dirs))

@@ -22,10 +22,9 @@ import torch.distributed as dist
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 
+from fairseq_taskmoe.checkpoints.shards import REF_KEY, ShardReader, resolve_shard_dir
 from fairseq_taskmoe.parallel.checkpoint import gather_dim0_to_rank0, slice_dim0
-from fairseq_taskmoe.parallel.shards import (
-    REF_KEY, ShardReader, collect_garbage, new_set_id, resolve_shard_dir, write_shard,
-)
+from fairseq_taskmoe.parallel.shards import collect_stale_sets, save_shard_set
 
 
 def _shard(p):
@@ -59,22 +58,22 @@ class ExpertParallelAdam(Adam):
     def consolidate_state_dict(self):
         """Collective, on every rank: write this rank's expert shard, or gather to rank 0."""
         plan = self._plan()
-        if plan is None or plan.world == 1:
+        if plan is None:
             return
         params = self._indexed_params()
+        plan.pending_ref = None  # a failed save must leave nothing for rank 0 to reference
         if plan.sharded_save:
             if not plan.save_dir:
                 raise RuntimeError("expert parallel: no --save-dir known to write expert shards to")
             experts = [p for p in params if _shard(p) is plan]
             steps = [self.state.get(p, {}).get("step") for p in experts]
-            set_id = new_set_id()
-            ref = write_shard(plan.save_dir, set_id, plan.rank, plan.world,
-                              {plan.name_of(p): p.data for p in experts},
-                              {plan.name_of(p): dict(self.state.get(p, {})) for p in experts},
-                              num_updates=int(steps[0]) if steps and steps[0] is not None else None)
-            dist.barrier()  # every shard is on disk before rank 0 writes the file that names them
-            plan.pending_ref = ref
-            collect_garbage(plan.save_dir, plan.rank, keep=set_id)
+            plan.pending_ref = save_shard_set(  # collective; raises on every rank if one failed
+                plan.save_dir, plan.rank, plan.world, {plan.name_of(p): p.data for p in experts},
+                {plan.name_of(p): dict(self.state.get(p, {})) for p in experts},
+                num_updates=int(steps[0]) if steps and steps[0] is not None else None)
+            return
+        collect_stale_sets(plan.save_dir, plan.rank, plan.world)  # sets of earlier sharded runs
+        if plan.world == 1:
             return
         plan.gather_experts()
         keys = [(i, k) for i, p in enumerate(params) if _sharded(p)

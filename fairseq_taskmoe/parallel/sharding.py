@@ -22,12 +22,12 @@ expert grads by W, giving g_e / S as with W = 1.
 
 import torch.distributed as dist
 
+from fairseq_taskmoe.checkpoints.shards import ShardReader, resolve_shard_dir
 from fairseq_taskmoe.moe.experts import StackedExperts
 from fairseq_taskmoe.parallel.all_to_all import ExpertParallelRun
 from fairseq_taskmoe.parallel.checkpoint import (
     EXPERT_PARAM_NAMES, gather_dim0_to_rank0, install_checkpoint_hooks, load_dirs_from_args,
 )
-from fairseq_taskmoe.parallel.shards import ShardReader, resolve_shard_dir
 
 # fairseq's wrappers that skip the all-reduce of params tagged `expert`. c10d /
 # pytorch_ddp would average different experts' grads across ranks.
@@ -187,14 +187,15 @@ class ExpertParallelPlan:
         return self.gathered.pop(self.name_of(p), None)
 
 
-def expert_parallel_from_args(args=None) -> ExpertParallelPlan:
+def expert_parallel_from_args(args=None, task=None) -> ExpertParallelPlan:
     """The plan for a model about to be built: W > 1 when ``torch.distributed`` is
     initialized with several ranks (the training flags are then checked), else W = 1
-    (a W = 1 model still loads a sharded checkpoint through its plan)."""
+    (a W = 1 model still loads a sharded checkpoint through its plan; ``task``'s args name
+    the checkpoint files fairseq-generate loads, see ``load_dirs_from_args``)."""
     world = expert_parallel_world()
     rank, size = world or (0, 1)
     if world is not None and args is not None:
         check_training_args(args, size)
     return ExpertParallelPlan(rank, size, gather=bool(getattr(args, "moe_gather_checkpoint", False)),
                               save_dir=getattr(args, "save_dir", None),
-                              load_dirs=load_dirs_from_args(args) if args is not None else ())
+                              load_dirs=load_dirs_from_args(args, task) if args is not None else ())

@@ -10,7 +10,7 @@ import torch
 from fairseq_taskmoe.checkpoints import current_umask
 from fairseq_taskmoe.extract import extract
 from fairseq_taskmoe.extract.cli import run_main as extract_main
-from fairseq_taskmoe.safe_load import UnsafeCheckpointError
+from fairseq_taskmoe.checkpoints import UnsafeCheckpointError
 from taskmoe_testlib import BIN
 
 
@@ -99,7 +99,7 @@ def test_truncated_missing_and_malicious_files(token_task_ckpt, tmp_path, capsys
 
 
 def test_sharded_checkpoint_hook(tmp_path):
-    # A shard name goes through fairseq_taskmoe.parallel.merge, which names what is missing.
+    # A shard name goes through fairseq_taskmoe.checkpoints.shards, which names what is missing.
     shard = tmp_path / "checkpoint_last.ep0-of-2.pt"
     torch.save({"model": {}, "expert_parallel": {"rank": 0, "world_size": 2, "set_id": "x",
                                                  "num_updates": 0}}, shard)

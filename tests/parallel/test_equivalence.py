@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 from parallel import ep_harness as H
 from fairseq_taskmoe.parallel.optimizer import ExpertParallelAdam
-from fairseq_taskmoe.parallel.shards import REF_KEY, collect_garbage, write_shard
+from fairseq_taskmoe.checkpoints import REF_KEY
+from fairseq_taskmoe.parallel.shards import collect_garbage, live_sets, write_shard
 
 
 def _assert_same_state(model, opt, fresh, fresh_opt):
@@ -94,12 +95,12 @@ def test_two_ranks_match_one(tmp_path):
     # still loads; garbage collection keeps every set a checkpoint references.
     torch.save({"model": shared}, ckpt_dir / "checkpoint_last.pt")
     write_shard(str(ckpt_dir), "deadbeef" * 2, 0, 2, {}, {})
-    collect_garbage(str(ckpt_dir), 0, keep="deadbeef" * 2)
+    collect_garbage(str(ckpt_dir), 0, 2, "deadbeef" * 2, live_sets(str(ckpt_dir)))
     again = H.build(seed=7)
     again.load_state_dict(dict(shared))
     for n, p in again.named_parameters():
         torch.testing.assert_close(p.detach(), one["params"][n], msg=n)
     # Once no checkpoint references a set, its files go at the next save.
     os.remove(ckpt_dir / "checkpoint_last.pt")
-    collect_garbage(str(ckpt_dir), 0, keep="deadbeef" * 2)
+    collect_garbage(str(ckpt_dir), 0, 2, "deadbeef" * 2, live_sets(str(ckpt_dir)))
     assert not (ckpt_dir / ref["files"][0]).exists() and (ckpt_dir / ref["files"][1]).exists()

@@ -15,9 +15,8 @@ import torch
 from parallel.ep_harness import free_port
 from taskmoe_testlib import BIN, N_EVAL, multilingual_task_args, run_cli, train_args
 
-from fairseq_taskmoe.checkpoints import current_umask, load_source
-from fairseq_taskmoe.parallel.merge import load_merged_state, main as merge_main
-from fairseq_taskmoe.parallel.shards import REF_KEY
+from fairseq_taskmoe.checkpoints import REF_KEY, current_umask, load_merged_state, load_source
+from fairseq_taskmoe.parallel.merge import main as merge_main
 from fairseq_taskmoe.parallel.sharding import check_training_args
 
 EP_FLAGS = ["--optimizer", "adam_ep", "--cpu", "--distributed-backend", "gloo",
@@ -182,6 +181,24 @@ def test_shard_set_decodes_at_w1_like_the_merged_checkpoint(ep_runs, toy_data, t
     assert REF_KEY not in merged["model"]
     assert load_source(str(shared))["model"].keys() == merged["model"].keys()  # plugin tools' loader
     assert _generate(toy_data, shared) == _generate(toy_data, tmp_path / "merged.pt")
+
+
+def test_generate_finds_the_shards_beside_a_moved_checkpoint(ep_runs, toy_data, tmp_path):
+    """A save dir moved elsewhere (the dir recorded at save time gone): fairseq-generate looks
+    beside the file given with --path first, and decodes as the merged checkpoint does."""
+    root, _, _ = ep_runs
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    state = torch.load(root / "resumed" / "checkpoint_last.pt", weights_only=True)
+    for f in state["model"][REF_KEY]["files"]:
+        (moved / f).write_bytes((root / "resumed" / f).read_bytes())
+    gone = str(tmp_path / "gone")  # where it was saved and trained: not there any more
+    state["model"][REF_KEY]["dir"] = gone
+    for group in ("model", "task"):
+        state["cfg"][group].save_dir = gone
+    torch.save(state, moved / "checkpoint_last.pt")
+    merge_main(["merge", str(root / "resumed" / "checkpoint_last.pt"), "--out", str(tmp_path / "merged.pt")])
+    assert _generate(toy_data, moved / "checkpoint_last.pt") == _generate(toy_data, tmp_path / "merged.pt")
 
 
 def test_split_merge_round_trip(ep_runs, tmp_path):
