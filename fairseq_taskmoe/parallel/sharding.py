@@ -20,6 +20,9 @@ and fairseq's W / S would leave it W times too large. A grad hook divides
 expert grads by W, giving g_e / S as with W = 1.
 """
 
+import os
+import socket
+
 import torch.distributed as dist
 
 from fairseq_taskmoe.checkpoints.shards import ShardReader, resolve_shard_dir
@@ -187,6 +190,35 @@ class ExpertParallelPlan:
         return self.gathered.pop(self.name_of(p), None)
 
 
+def restore_path(args):
+    """The file fairseq-train resumes from (``checkpoint_utils.load_checkpoint``'s choice),
+    or None when ``args`` are not training args."""
+    restore = getattr(args, "restore_file", None)
+    if restore is None or getattr(args, "save_dir", None) is None:
+        return None
+    return os.path.join(args.save_dir, "checkpoint_last.pt") if restore == "checkpoint_last.pt" else restore
+
+
+def check_same_restore_point(args, rank: int):
+    """Collective: refuse when some ranks would resume and others start from scratch.
+
+    With a node-local --save-dir, fairseq-train on a node that lacks the checkpoint logs
+    "No existing checkpoint found" and trains from scratch while the other nodes resume:
+    the replicated params differ between ranks from the first step on, and nothing fails.
+    Every rank says whether its restore file exists; all must agree."""
+    path = restore_path(args)
+    if path is None:
+        return
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, (rank, socket.gethostname(), os.path.isfile(path)))
+    if len({has for _, _, has in found}) > 1:
+        missing = ", ".join(f"rank {r} ({host})" for r, host, has in found if not has)
+        raise ValueError(f"expert parallel: {path} exists on some ranks but not on {missing}: those "
+                         "ranks would train from scratch while the others resume. Copy the checkpoint "
+                         "file (and the expert shard files it names, docs/PARALLEL.md) to every "
+                         "node's --save-dir, or pass the same --restore-file everywhere")
+
+
 def expert_parallel_from_args(args=None, task=None) -> ExpertParallelPlan:
     """The plan for a model about to be built: W > 1 when ``torch.distributed`` is
     initialized with several ranks (the training flags are then checked), else W = 1
@@ -196,6 +228,7 @@ def expert_parallel_from_args(args=None, task=None) -> ExpertParallelPlan:
     rank, size = world or (0, 1)
     if world is not None and args is not None:
         check_training_args(args, size)
+        check_same_restore_point(args, rank)
     return ExpertParallelPlan(rank, size, gather=bool(getattr(args, "moe_gather_checkpoint", False)),
                               save_dir=getattr(args, "save_dir", None),
                               load_dirs=load_dirs_from_args(args, task) if args is not None else ())
