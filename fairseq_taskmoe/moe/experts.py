@@ -61,8 +61,9 @@ EXPERT_IMPLS = ("auto", "grouped", "loop")  # --moe-expert-impl
 GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what _grouped_mm takes
 # ``auto`` where _grouped_mm runs, per device type, from bench/moe_layer.py. CPU: the loop
 # (torch's CPU _grouped_mm is itself a loop of mm over groups, and our bias needs a pass of its
-# own that F.linear fuses: bench/results/moe_layer_grouped.json, 1 thread, E = 32 and 128).
-# CUDA: grouped kernels, one launch for all experts instead of two per expert.
+# own that F.linear fuses; bench/results/moe_layer_grouped*.json, 1 thread, E = 32 and 128: the
+# loop as fast or faster at 16k tokens, grouped faster at 4k; docs/PARALLEL.md). CUDA: grouped
+# kernels, one launch for all experts instead of two per expert (not measured here: no GPU).
 AUTO_GROUPED = {"cpu": False, "cuda": True}
 
 
