@@ -62,8 +62,9 @@ GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what _grouped
 # ``auto`` where _grouped_mm runs, per device type, from bench/moe_layer.py. CPU: the loop
 # (torch's CPU _grouped_mm is itself a loop of mm over groups, and our bias needs a pass of its
 # own that F.linear fuses; bench/results/moe_layer_grouped*.json, 1 thread, E = 32 and 128: the
-# loop as fast or faster at 16k tokens, grouped faster at 4k; docs/PARALLEL.md). CUDA: grouped
-# kernels, one launch for all experts instead of two per expert (not measured here: no GPU).
+# loop as fast or faster at 16k tokens, grouped faster at 4k; docs/PARALLEL.md). CUDA: grouped,
+# one op for all experts instead of two launches per expert (torch documents its grouped kernel
+# for bf16 on SM >= 80 and loops over the groups in C++ otherwise; not measured here: no GPU).
 AUTO_GROUPED = {"cpu": False, "cuda": True}
 
 
