@@ -14,12 +14,14 @@ from typing import Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from fairseq_taskmoe.moe.experts import EXPERT_IMPLS
 from fairseq_taskmoe.moe.routing import ROUTINGS, SECOND_POLICIES, check_top_k
 
 SIDES = ("encoder", "decoder")
 ROUTING_CHOICES = ChoiceEnum([*ROUTINGS, "none"])
 TASK_BY_CHOICES = ChoiceEnum(["target_lang", "lang_pair", "source_lang"])
 SECOND_EXPERT_CHOICES = ChoiceEnum(list(SECOND_POLICIES))
+EXPERT_IMPL_CHOICES = ChoiceEnum(list(EXPERT_IMPLS))
 
 
 @dataclass
@@ -91,6 +93,14 @@ class MoEConfig(FairseqDataclass):
         metadata={"help": "compute the gate in fp32 with autocast off under --fp16/--bf16/--amp (the "
                   "gate softmax and top-k always run in fp32)"},
     )
+    moe_expert_impl: EXPERT_IMPL_CHOICES = field(
+        default="auto",
+        metadata={"help": "how experts run: grouped (one torch._grouped_mm per FFN matmul for all "
+                  "experts), loop (one matmul per active expert), auto (grouped where "
+                  "torch._grouped_mm takes the device, dtype and dims and is the faster one: CUDA; "
+                  "the loop on CPU, as bench/moe_layer.py measured). Same results; the training "
+                  "log names the path taken"},
+    )
     moe_layout: str = field(
         default="",
         metadata={"help": "JSON per-layer override written by fairseq-taskmoe-extract: "
@@ -132,6 +142,7 @@ class MoESettings:
     dropless: bool
     second_expert_policy: str
     gate_fp32: bool
+    expert_impl: str
     layout: Optional[Layout]
     gather_checkpoint: bool
 
@@ -176,6 +187,7 @@ def moe_config_from_args(args) -> MoESettings:
         dropless=bool(cfg.moe_dropless),
         second_expert_policy=str(cfg.moe_second_expert_policy),
         gate_fp32=bool(cfg.moe_gate_fp32),
+        expert_impl=str(cfg.moe_expert_impl),
         layout=parse_layout(cfg.moe_layout) if cfg.moe_layout else None,
         gather_checkpoint=bool(cfg.moe_gather_checkpoint),
     )
@@ -193,6 +205,7 @@ def validate(cfg: MoEConfig):
     _check_choice("moe-decoder-routing", cfg.moe_decoder_routing, ROUTING_CHOICES)
     _check_choice("moe-task-by", cfg.moe_task_by, TASK_BY_CHOICES)
     _check_choice("moe-second-expert-policy", cfg.moe_second_expert_policy, SECOND_EXPERT_CHOICES)
+    _check_choice("moe-expert-impl", cfg.moe_expert_impl, EXPERT_IMPL_CHOICES)
     check_top_k(cfg.moe_top_k, cfg.moe_expert_count)
     if cfg.moe_freq < 0:
         raise ValueError(f"--moe-freq must be >= 0 (0 disables MoE), got {cfg.moe_freq}")

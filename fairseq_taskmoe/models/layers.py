@@ -50,6 +50,7 @@ def moe_layer_config(cfg, side: str, moe: MoESettings, num_experts: int,
         dropless=moe.dropless,
         second_policy=moe.second_expert_policy,
         gate_fp32=moe.gate_fp32,
+        expert_impl=moe.expert_impl,
     )
 
 

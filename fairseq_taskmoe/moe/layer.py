@@ -2,6 +2,11 @@
 
 Legend: L length, B batch, D model dim, F expert FFN width, T routed (non-pad) tokens,
 E experts, K experts per token.
+
+Dtype contract (stated in full in ``moe.experts``): routing maths (softmax, top-k,
+combine weights, aux loss) in fp32; expert matmuls in the compute dtype (autocast's
+when it is on, else the input's); the output in the residual stream's dtype (x's),
+also under autocast; an expert-parallel all-to-all moves the compute dtype on every rank.
 """
 
 from dataclasses import dataclass
@@ -12,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from fairseq_taskmoe.moe.experts import StackedExperts, dispatch_combine
+from fairseq_taskmoe.moe.experts import EXPERT_IMPLS, StackedExperts, dispatch_combine
 from fairseq_taskmoe.moe.router import Router
 from fairseq_taskmoe.moe.routing import (
     ROUTINGS, SECOND_POLICIES, apply_capacity, capacity, check_top_k, load_balancing_loss,
@@ -41,6 +46,7 @@ class MoELayerConfig:
     dropless: bool = False
     second_policy: str = "all"  # one of moe.routing.SECOND_POLICIES
     gate_fp32: bool = False  # --moe-gate-fp32
+    expert_impl: str = "auto"  # --moe-expert-impl, one of moe.experts.EXPERT_IMPLS
 
     def __post_init__(self):
         if self.routing not in ROUTINGS:
@@ -49,6 +55,9 @@ class MoELayerConfig:
             raise ValueError(f"--moe-second-expert-policy must be one of "
                              f"{', '.join(SECOND_POLICIES)}; got {self.second_policy!r}")
         check_top_k(self.top_k, self.num_experts)
+        if self.expert_impl not in EXPERT_IMPLS:
+            raise ValueError(f"--moe-expert-impl must be one of {', '.join(EXPERT_IMPLS)}; "
+                             f"got {self.expert_impl!r}")
 
 
 class MoEStats(NamedTuple):
@@ -74,6 +83,11 @@ class MoELayer(nn.Module):
     local unless an ``expert_parallel`` plan (``fairseq_taskmoe.parallel``) is
     given: it builds this rank's experts and the ``expert_fn`` that runs them
     across ranks.
+
+    Dtypes: ``forward`` returns x's dtype (the residual stream's) whatever the
+    autocast state; the experts compute in the autocast dtype when autocast is
+    on (else in x's dtype) and the routing decision is made in fp32 (see
+    ``moe.experts`` for the whole contract).
     """
 
     def __init__(self, *args, expert_parallel=None, **kwargs):
@@ -104,11 +118,13 @@ class MoELayer(nn.Module):
                              cfg.gate_fp32)
         if expert_parallel is None:
             self.experts = StackedExperts(cfg.num_experts, cfg.embed_dim, cfg.ffn_dim,
-                                          cfg.activation_fn, cfg.activation_dropout)
+                                          cfg.activation_fn, cfg.activation_dropout,
+                                          impl=cfg.expert_impl)
             self.expert_fn = None  # the local experts' forward_sorted
         else:
             self.experts, self.expert_fn = expert_parallel.build_experts(
                 cfg.num_experts, cfg.embed_dim, cfg.ffn_dim, cfg.activation_fn, cfg.activation_dropout)
+            self.experts.impl = cfg.expert_impl  # the plan builds experts from their shape only
 
     def route(self, x_bld: Tensor, mask: Tensor, task_ids: Optional[Tensor], incremental_state=None):
         """Routing decision and stats for the routed tokens ``x_bld[mask]``."""
@@ -168,6 +184,6 @@ class MoELayer(nn.Module):
         if a2a:
             stats = stats._replace(a2a_sent=torch.tensor(float(a2a["sent"])),
                                    a2a_routed=torch.tensor(float(a2a["routed"])))
-        y = x_bld.new_zeros(x_bld.shape)
-        y[mask] = y_tokens.to(y.dtype)
+        y = x_bld.new_zeros(x_bld.shape)  # the residual stream's dtype
+        y[mask] = y_tokens  # (T, D), already x's dtype (dispatch_combine)
         return y.transpose(0, 1), stats

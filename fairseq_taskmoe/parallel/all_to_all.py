@@ -10,6 +10,13 @@ many rows it sends to and receives from each rank, and ``all_to_all_single``
 with those split sizes moves exactly the routed rows: no padding to the busiest
 expert (the old (E, C, D) buffer was up to E/K times the real data under task
 routing). Dropless stays dropless: every kept assignment travels.
+
+Dtype: both exchanges (rows out, expert outputs back) and their backward move
+the compute dtype ``expert_compute_dtype(x_sorted)`` on every rank, empty
+chunks and ranks with no rows included (the contract in ``moe.experts``). It
+depends only on the autocast state and the residual stream's dtype, which every
+rank shares, so no rank sizes a buffer from a dtype another rank does not use
+and no collective is needed to agree on it.
 """
 
 from typing import List, Tuple
@@ -17,6 +24,8 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from fairseq_taskmoe.moe.experts import expert_compute_dtype
 
 
 def gather_counts(counts: Tensor, group=None) -> Tensor:
@@ -75,9 +84,11 @@ def expert_parallel_run(x_sorted: Tensor, counts_list: List[int], experts,
         counts_list: E ints, rows per global expert on this rank.
         experts: this rank's ``StackedExperts`` (El experts).
     Returns:
-        (A, D) expert outputs in the order of ``x_sorted``, and the number of
-        rows this rank handed to the all-to-all (== A: no padding).
+        (A, D) expert outputs in the order of ``x_sorted``, in the compute dtype
+        (the agreed dtype of both exchanges), and the number of rows this rank
+        handed to the all-to-all (== A: no padding).
     """
+    x_sorted = x_sorted.to(expert_compute_dtype(x_sorted))  # (A, D) the agreed dtype, even if A == 0
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     num_experts = len(counts_list)
     n_local = num_experts // world
@@ -93,6 +104,7 @@ def expert_parallel_run(x_sorted: Tensor, counts_list: List[int], experts,
     recv = AllToAllSplit.apply(x_sorted, send_splits, recv_splits, group)  # (R, D) source-major
     perm = source_to_expert_order(mine).to(x_sorted.device)  # (R,)
     y_local = experts.forward_sorted(recv.index_select(0, perm), mine.sum(0).tolist())  # (R, D)
+    assert y_local.dtype == x_sorted.dtype, (y_local.dtype, x_sorted.dtype)  # forward_sorted's contract
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel(), device=perm.device)
     back = AllToAllSplit.apply(y_local.index_select(0, inverse), recv_splits, send_splits, group)

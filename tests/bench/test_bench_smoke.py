@@ -47,18 +47,24 @@ def test_bench_decode_throughput_json(toy_data, tmp_path):
     assert result["params"]["task-moe-plugin"] == result["params"]["dense-active"]
 
 
-def test_bench_moe_layer_json(tmp_path):
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_bench_moe_layer_json(tmp_path, clock):
     out = tmp_path / "m.json"
     # A subprocess: fairscale needs a process group, which must not leak into other tests.
     subprocess.run([sys.executable, str(BENCH / "moe_layer.py"), "--embed-dim", "16", "--ffn-dim", "32",
-                    "--experts", "4", "--tokens", "64,128", "--dtypes", "fp32", "--max-run-time", "0.01",
-                    "--threads", "1", "--out", str(out)], check=True, capture_output=True, timeout=120)
+                    "--experts", "4,8", "--tokens", "64,128", "--dtypes", "fp32", "--max-run-time", "0.01",
+                    "--clock", clock, "--repeats", "2", "--threads", "1", "--device", "cpu", "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
     rows = json.loads(out.read_text())["rows"]
-    assert [r["tokens"] for r in rows] == [64, 128]
+    assert [(r["experts"], r["tokens"]) for r in rows] == [(4, 64), (4, 128), (8, 64), (8, 128)]
+    if clock == "cpu":
+        assert all(r[f"{name}_runs"] == 2 for r in rows for name in ("ours-loop", "ours-grouped", "dense-2F"))
     for r in rows:
-        for key in ("ours_ms", "fairscale_ms", "dense-2F_ms", "ours_vs_fairscale", "ours_vs_dense-2F"):
+        assert r["ours_path"] in ("loop", "grouped") and r["ours_ms"] == r[f"ours-{r['ours_path']}_ms"]
+        for key in ("ours_ms", "fairscale_ms", "dense-2F_ms", "ours_vs_fairscale", "ours_vs_dense-2F",
+                    "grouped_vs_loop"):
             assert_finite(r[key], key)
-        for name in ("ours", "ours-unbind", "fairscale", "dense-2F"):  # torch.utils.benchmark.Timer's spread
+        for name in ("ours-loop", "ours-grouped", "fairscale", "dense-2F"):  # torch.utils.benchmark.Timer's spread
             assert_finite(r[f"{name}_iqr_ms"], name)
             assert r[f"{name}_iqr_ms"] >= 0
             assert isinstance(r[f"{name}_runs"], int) and r[f"{name}_runs"] >= 1
