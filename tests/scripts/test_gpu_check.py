@@ -41,3 +41,12 @@ def test_without_cuda_it_refuses_with_exit_2(tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path / "o")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_targets_report_met_and_missed():
+    rows = [{"dtype": "bf16", "tokens": 16384, "ours_ms": 1.2, "dense-2F_ms": 1.0},
+            {"dtype": "fp32", "tokens": 16384, "ours_ms": 3.0, "fairscale_ms": 4.8}]
+    got = gpu_check.bench_targets({"rows": rows})
+    assert got["bf16_16k_ours_over_dense"]["met"] and abs(got["bf16_16k_ours_over_dense"]["value"] - 1.2) < 1e-9
+    assert not got["fairscale_fp32_over_ours_bf16_16k"]["met"]  # 4.8 / 1.2 = 4x < 5x
+    assert gpu_check.bench_targets(None) == {}
