@@ -167,7 +167,7 @@ def upcycle(dense_path: str, out: Optional[str], options: UpcycleOptions = Upcyc
     if out is not None:
         check_out(out, dense_path, force)
     if options.data and not os.path.isdir(options.data):
-        raise FileNotFoundError(errno.ENOENT, "no such directory (--data)", options.data)
+        raise FileNotFoundError(errno.ENOENT, "no such directory", f"--data {options.data}")
     if check_sentences < 1:
         raise ValueError(f"--check-sentences must be >= 1, got {check_sentences}")
     from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
