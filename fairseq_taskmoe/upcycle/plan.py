@@ -140,6 +140,10 @@ ALWAYS_SHOWN = ("moe_expert_count", "moe_freq", "moe_top_k", "moe_encoder_routin
                 "moe_decoder_routing", "moe_task_by", "moe_dropless")
 
 
+CORE_DIMS = tuple(f"{side}_{name}" for side in ("encoder", "decoder")
+                  for name in ("embed_dim", "ffn_embed_dim", "layers", "attention_heads"))
+
+
 def _model_flag_actions():
     from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 
@@ -148,33 +152,52 @@ def _model_flag_actions():
     return [a for a in parser._actions if a.option_strings]
 
 
-def model_flags(ns: argparse.Namespace) -> List[str]:
-    """``--arch transformer_taskmoe`` plus every model flag whose value differs from that arch's default."""
+def _differing(ns, actions, given: dict) -> dict:
+    """{dest: value} of the flags whose value in ``ns`` differs from the arch default, where the
+    defaults are computed with ``given`` already set (derived defaults such as
+    decoder_output_dim = decoder_embed_dim then follow the given dims)."""
     from fairseq_taskmoe.models.transformer_taskmoe import base_taskmoe_architecture
 
-    defaults = argparse.Namespace()
+    defaults = argparse.Namespace(**given)
     base_taskmoe_architecture(defaults)
-    flags = ["--arch", MOE_ARCH]
-    moe = [f"--{name.replace('_', '-')}" for name in ALWAYS_SHOWN]
-    shown = []
-    for action in _model_flag_actions():
+    out = {}
+    for action in actions:
         value = getattr(ns, action.dest, None)
         default = getattr(defaults, action.dest, action.default)
-        if action.dest in ALWAYS_SHOWN:
-            default = object()  # the MoE flags are spelled out even at their defaults
-        elif value is None or value == default or action.dest.startswith("moe_"):
-            continue  # (the task fills --moe-task-names from --lang-pairs)
-        flag = action.option_strings[-1]
+        if action.dest in ALWAYS_SHOWN or (value is not None and value != default
+                                           and not action.dest.startswith("moe_")):
+            out[action.dest] = value  # (the task fills --moe-task-names from --lang-pairs)
+    return out
+
+
+def model_flags(ns: argparse.Namespace) -> List[str]:
+    """``--arch transformer_taskmoe`` plus every model flag whose value differs from that arch's
+    default (the MoE flags always), so the command line builds the same model."""
+    actions = _model_flag_actions()
+    # The dims are always spelled out; then, pass by pass, every flag whose value differs from
+    # the default the arch derives from the flags given so far (decoder_output_dim follows
+    # decoder_embed_dim, so it is not repeated unless it differs).
+    given = {dest: getattr(ns, dest) for dest in CORE_DIMS if getattr(ns, dest, None) is not None}
+    for _ in range(len(actions)):
+        found = {k: v for k, v in _differing(ns, actions, given).items() if k not in given}
+        if not found:
+            break
+        given.update(found)
+    flags, moe = ["--arch", MOE_ARCH], []
+    for action in actions:
+        if action.dest not in given or given[action.dest] is None:
+            continue
+        value, flag = given[action.dest], action.option_strings[-1]
+        target = moe if action.dest in ALWAYS_SHOWN else flags
         if isinstance(action, argparse._StoreTrueAction) or isinstance(value, bool):
             if value:
-                (shown if flag in moe else flags).append(flag)
+                target.append(flag)
             continue
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
-        if str(value) == "":
-            continue
-        (shown if flag in moe else flags).extend([flag, str(value)])
-    return flags + shown
+        if str(value) != "":
+            target.extend([flag, str(value)])
+    return flags + moe
 
 
 def fine_tune_flags(plan: UpcyclePlan) -> List[str]:
