@@ -102,3 +102,19 @@ def test_generate_bilingual(dense, bi_data, tmp_path):
     task = ["--task", "translation", "-s", "en", "-t", "de"]
     _assert_same(_generate(bi_data, dense["bi"], ["--user-dir", PLUGIN_DIR, *task]),
                  _generate(bi_data, out, ["--user-dir", PLUGIN_DIR, *task]))
+
+
+@pytest.mark.parametrize("stored_as", ["legacy-args", "plain-dicts"])
+def test_other_ways_to_store_the_args(dense, toy_data, tmp_path, stored_as):
+    """Old checkpoints keep one ``args`` Namespace; dataclass-style ones keep plain dicts."""
+    state = torch.load(dense["ml_post"], weights_only=True)
+    if stored_as == "legacy-args":
+        state["args"], state["cfg"] = state["cfg"]["model"], None
+    else:
+        state["cfg"]["model"] = dict(vars(state["cfg"]["model"]))
+        state["cfg"]["task"] = dict(vars(state["cfg"]["task"]))
+    source = tmp_path / "dense.pt"
+    torch.save(state, source)
+    out = tmp_path / "init.pt"
+    upcycle(str(source), str(out), _options("task", 1, data=str(toy_data)))
+    assert max_logprob_diff(dense["ml_post"], out, toy_data, "en-fr") <= ATOL
