@@ -55,7 +55,7 @@ def train_toy(data: Path, save_dir: Path, enc_routing: str = "task", max_update:
     return save_dir / "checkpoint_last.pt"
 
 
-def test_sentences(lang: str, n: int = 6):
+def held_out_sentences(lang: str, n: int = 6):
     """Held-out sentences in ``lang`` (the test split's side of that language)."""
     if lang == "en":
         return [s for s, _ in toy_pairs(ARGOS_LANGS[0], n, 2)]
