@@ -159,3 +159,23 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, expecte
     status, body = lt.post_json(url, {"q": sentence, "source": "en", "target": "de"})
     assert status == 200 and body["translatedText"]
     assert server.proc.poll() is None
+
+
+def test_bench_runs_at_toy_scale(lt_env, built, tmp_path):
+    """bench/libretranslate.py end to end, tiny: LibreTranslate and the in-process task-MoE, both
+    mixes, 1 and 2 clients, every request answered (speed is the script's business, not asserted)."""
+    from taskmoe_testlib import load_script
+
+    out = tmp_path / "bench.json"
+    load_script("libretranslate").main([
+        "--checkpoint", str(built / "ckpt" / "checkpoint_last.pt"), "--data", str(built / "data"),
+        "--packages", str(built / "argos"), "--lt-env", lt_env, "--systems", "libretranslate,fairseq task-moe",
+        "--clients", "1,2", "--duration", "1", "--sentences", "3", "--port", str(free_port()),
+        "--out", str(out)])
+    result = json.loads(out.read_text())
+    points = {(r["system"], r["mix"], r["clients"]) for r in result["rows"]}
+    assert points == {(s, m, c) for s in ("libretranslate", "fairseq task-moe")
+                      for m in ("uniform", "zipf") for c in (1, 2)}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in result["rows"]), result["rows"]
+    assert result["memory"]["libretranslate"]["packages"] == len(PAIRS)
+    assert all(m["rss_loaded_mb"] > 0 for m in result["memory"].values())
