@@ -5,11 +5,10 @@ An Argos package (``.argosmodel``) is a zip of one directory::
     translate-<from>_<to>-1_0/
         metadata.json          codes, names, versions, target_prefix (argos reads these)
         README.md              what the model is, how it was trained and scored
-        sentencepiece.model    the model's spm.model
+        sentencepiece.model    the model's spm.model, language tokens added as control symbols
         model/                 the CTranslate2 export of the pair's task extract:
-            model.bin            the converted weights, byte for byte (shared by a task's pairs)
+            model.bin, shared_vocabulary.json   byte for byte (shared by a task's pairs)
             config.json          + add_source_bos / bos_token: the source language token
-            shared_vocabulary.json   language tokens renamed (argos_langs.symbol)
         minisbd/nosplit.onnx   sentence splitter that keeps a line whole (argos_sbd.py)
 
 How argos runs it (``argostranslate.translate.apply_packaged_translation``): sentencepiece
@@ -20,11 +19,11 @@ pieces decoded, ``target_prefix`` stripped. Our model (``--encoder-langtok src
 package's ``config.json`` tells CTranslate2 to add the source token itself
 (``add_source_bos: true, bos_token: <source token>``; ``decoder_start_token`` stays
 ``</s>``, so the bos token is used for nothing else): the encoder input is the same ids.
-argos decodes with ``decode_pieces(...).replace("_", " ")`` before it strips the prefix,
-so ``__de__`` could never be stripped: the language tokens are renamed in the package's
-vocabulary (``<2de>``, ``<2pt-BR>``); only strings change, ids and weights do not.
-tests/extract/test_argos.py checks that the package's model directory, fed the argos way,
-returns exactly the CTranslate2 export's hypotheses and scores.
+``target_prefix`` is the target token; the package's sentencepiece model lists the
+language tokens as control symbols, which decode to nothing (``argos_spm.py``), so the
+text is what our API prints. tests/extract/test_argos.py checks that the package's model
+directory, fed the argos way, returns exactly the CTranslate2 export's hypotheses, scores
+and (decoded with the package's sentencepiece model) our API's text.
 """
 
 import io
@@ -38,14 +37,13 @@ from fairseq_taskmoe.checkpoints import (
     atomic_dir, atomic_write_json, lang_pairs, load_source, model_args, sha256, task_args,
 )
 from fairseq_taskmoe.checkpoints.validate import check_moe_state
-from fairseq_taskmoe.extract import all_tasks, argos_langs, argos_readme, argos_sbd, outdir
+from fairseq_taskmoe.extract import all_tasks, argos_langs, argos_readme, argos_sbd, argos_spm, outdir
 from fairseq_taskmoe.serve import ctranslate2_export as ct2_export
 from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
 
 PACKAGE_VERSION = "1.0"
 ARGOS_VERSION = "1.11"  # argostranslate 1.11 / argos-translate-lt 1.12 read target_prefix
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same inputs give the same zip bytes
-VOCAB_FILES = ("shared_vocabulary.json", "source_vocabulary.json", "target_vocabulary.json")
 
 
 def check_task_routed(moe_cfg, num_layers: Dict[str, int]):
@@ -71,29 +69,18 @@ def find_spm(vocab: str) -> str:
                      f"{vocab} (argos tokenizes with it); pass --data DIR, the binarized data dir")
 
 
-def model_files(ct2_dir: str, src: str, tgt: str, langs: Sequence[str], info: dict) -> Dict[str, bytes]:
-    """config.json and vocabulary files of the package's ``model/`` for the pair src-tgt.
+def model_files(ct2_dir: str, src: str, tgt: str, info: dict) -> Dict[str, object]:
+    """The package's ``model/`` for the pair src-tgt: the export's files, config.json adapted.
 
-    Returns {file name: bytes}, plus the two prefixes under "__source__" / "__target__"
-    (empty when the model was trained without that language token).
+    Returns {file name: bytes or the export's path}, and the two prefixes under
+    "__source__" / "__target__" (empty when the model was trained without that token).
     """
-    rename = {ct2_export.lang_token(l): argos_langs.symbol(l) for l in langs}
-    out = {}
-    for name in VOCAB_FILES:
-        path = os.path.join(ct2_dir, name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            vocab = json.load(f)
-        clash = sorted(set(rename.values()) & set(vocab))
-        if clash:
-            raise ValueError(f"--format argos: the vocabulary already has {', '.join(clash)}, the names "
-                             "the package gives the language tokens")
-        out[name] = json.dumps([rename.get(t, t) for t in vocab], ensure_ascii=False).encode("utf-8")
+    out = {name: os.path.join(ct2_dir, name) for name in sorted(os.listdir(ct2_dir))
+           if name.endswith("vocabulary.json") or name == "model.bin"}
     with open(os.path.join(ct2_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     enc = {"src": src, "tgt": tgt}.get(info.get("encoder_langtok") or "")
-    source_prefix = argos_langs.symbol(enc) if enc else ""
+    source_prefix = ct2_export.lang_token(enc) if enc else ""
     if source_prefix:
         if config.get("add_source_bos"):
             raise ValueError("--format argos: the CTranslate2 model already adds a source bos token; "
@@ -101,7 +88,7 @@ def model_files(ct2_dir: str, src: str, tgt: str, langs: Sequence[str], info: di
         config.update(add_source_bos=True, bos_token=source_prefix)
     out["config.json"] = json.dumps(config, indent=2).encode("utf-8")
     out["__source__"] = source_prefix
-    out["__target__"] = argos_langs.symbol(tgt) if info.get("decoder_langtok") else ""
+    out["__target__"] = ct2_export.lang_token(tgt) if info.get("decoder_langtok") else ""
     return out
 
 
@@ -188,6 +175,8 @@ def extract_argos(checkpoint: str, tasks: Sequence[str], out_dir: str, force: bo
     readme = argos_readme.ModelCard(state, moe_cfg, num_layers, checkpoint, score_data, scores)
     del state
     all_langs = sorted({l for p in lang_pairs(task_ns) for l in p.split("-")})
+    with open(spm, "rb") as f:
+        spm_bytes = argos_spm.with_control_symbols(f.read(), [ct2_export.lang_token(l) for l in all_langs])
     report = {"source_checkpoint": os.path.abspath(checkpoint), "source_sha256": sha256(checkpoint),
               "tasks": list(by_task), "pairs": pairs, "format": "argos", "moe_task_by": moe_cfg.task_by,
               "quantization": quantization, "vocab_dir": vocab, "sentence_splitting": "none (" +
@@ -206,15 +195,14 @@ def extract_argos(checkpoint: str, tasks: Sequence[str], out_dir: str, force: bo
             model_sha = sha256(os.path.join(ct2_dir, "model.bin"))
             for pair in task_pairs:
                 src, tgt = pair.split("-")
-                files = model_files(ct2_dir, src, tgt, all_langs, sub["ctranslate2"])
+                files = model_files(ct2_dir, src, tgt, sub["ctranslate2"])
                 source_prefix, target_prefix = files.pop("__source__"), files.pop("__target__")
                 extra = {"pair": pair, "task": task, "source_prefix": source_prefix,
                          "quantization": quantization, "model_sha256": model_sha,
                          "source_sha256": report["source_sha256"]}
                 meta = metadata(src, tgt, target_prefix, extra)
                 contents = {f"model/{k}": v for k, v in files.items()}
-                contents.update({"model/model.bin": os.path.join(ct2_dir, "model.bin"),
-                                 "sentencepiece.model": spm,
+                contents.update({"sentencepiece.model": spm_bytes,
                                  f"minisbd/{argos_sbd.FILE_NAME}": sbd,
                                  "metadata.json": json.dumps(meta, indent=2, ensure_ascii=False).encode(),
                                  "README.md": readme.text(pair, task, meta, sub).encode("utf-8")})

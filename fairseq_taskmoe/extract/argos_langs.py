@@ -40,11 +40,3 @@ def argos_language(lang: str) -> Tuple[str, str]:
                          f"code; known languages: {known}")
     return code, NAMES[code]
 
-
-def symbol(lang: str) -> str:
-    """The package's name for the language token ``__lang__``: ``<2lang>``, underscores as '-'.
-
-    argos-translate's SentencePiece decoding replaces every '_' of its output with a space
-    before it strips ``target_prefix``, so a prefix ``__de__`` would never be stripped.
-    """
-    return "<2%s>" % lang.replace("_", "-")

@@ -83,8 +83,9 @@ class ModelCard:
             self._score_line(pair, meta["fairseq_taskmoe"]["quantization"]),
             "",
             "## Use",
-            f"`argospm install {meta['from_code']}_{meta['to_code']}.argosmodel`, or LibreTranslate with "
-            f"this package in its packages dir (`--load-only {meta['from_code']},{meta['to_code']}`). "
+            f"Offline: `argostranslate.package.install_from_path(\"{meta['from_code']}_{meta['to_code']}"
+            f".argosmodel\")`, then Argos Translate or LibreTranslate (`--load-only "
+            f"{meta['from_code']},{meta['to_code']}`). "
             "Each input line is translated as one segment (the packaged `minisbd/nosplit.onnx` never "
             "splits a line), as the model was trained. Source language token: "
             f"`{meta['fairseq_taskmoe']['source_prefix'] or 'none'}` (added by CTranslate2, "

@@ -19,7 +19,7 @@ multi-word token variants), argmax taken; metadata ``config`` (JSON, ``no_ssplit
 end a sentence), ``vocab`` (a character vocabulary's state dict) and ``lexicon``. The
 graph here outputs class 1 for every character (each character its own token) and
 ``no_ssplit`` is set, so the sentence is the line from its first to its last
-non-space character. The ONNX protobuf is written by hand below (no ``onnx`` package
+non-space character. The ONNX protobuf is written by hand (``protowire.py``) (no ``onnx`` package
 needed to build a package); tests decode it back and, in LibreTranslate's environment,
 run it through MiniSBD itself.
 
@@ -28,6 +28,8 @@ Legend: B paragraphs, T characters, C = 5 classes.
 
 import json
 import struct
+
+from fairseq_taskmoe.extract.protowire import bytes_field as _bytes, int_field as _int
 
 FILE_NAME = "nosplit.onnx"
 N_CLASSES = 5
@@ -40,26 +42,6 @@ CONFIG = {"no_ssplit": True, "skip_newline": False, "max_seqlen": 1000, "batch_s
           "feat_funcs": [], "use_dictionary": False, "num_dict_feat": 0}
 VOCAB = {"lang": "", "idx": 0, "cutoff": 0, "lower": False,
          "_unit2id": {"<PAD>": 0, "<UNK>": 1}, "_id2unit": ["<PAD>", "<UNK>"]}
-
-
-# -- protobuf wire format: (field << 3 | wire type); 0 varint, 2 length-delimited, 5 fixed32.
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int64 -> two's complement, as protobuf does
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _int(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
-
-
-def _bytes(field: int, value) -> bytes:
-    value = value.encode("utf-8") if isinstance(value, str) else value
-    return _varint(field << 3 | 2) + _varint(len(value)) + value
 
 
 def _tensor(name: str, dtype: int, dims, values) -> bytes:

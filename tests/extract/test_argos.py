@@ -76,18 +76,16 @@ def test_one_package_per_pair_layout_and_metadata(argos_out):
         assert (meta["from_code"], meta["to_code"]) == (CODES[src], CODES[tgt])
         assert meta["from_name"] == argos_langs.NAMES[CODES[src]] and meta["type"] == "translate"
         assert meta["package_version"] and meta["argos_version"] == "1.11"
-        # Target prefix and source token: the model's language tokens, renamed without "_".
-        assert meta["target_prefix"] == argos_langs.symbol(tgt) == pkg["target_prefix"]
-        assert config["add_source_bos"] and config["bos_token"] == argos_langs.symbol(src)
+        # Target prefix and source token: the model's language tokens.
+        assert meta["target_prefix"] == f"__{tgt}__" == pkg["target_prefix"] and meta["target_prefix"] in vocab
+        assert config["add_source_bos"] and config["bos_token"] == f"__{src}__" in vocab
         assert config["decoder_start_token"] == "</s>" and config["add_source_eos"]
-        assert "_" not in meta["target_prefix"] and meta["target_prefix"] in vocab
-        assert not any(t.startswith("__") and t.endswith("__") for t in vocab)
         assert f"task `{pkg['task']}`" in readme and "updates" in readme and "Not scored" in readme
 
 
 def test_pairs_of_a_task_share_the_export_bytes(argos_out, ct2_all, tmp_path):
-    """de-en and pt_BR-en (task "en") carry the same model.bin, byte for byte, and it is the
-    --tasks all --format ctranslate2 export's; only config.json differs (the source token)."""
+    """de-en and pt_BR-en (task "en") carry the same model.bin and vocabulary, byte for byte, and
+    they are the --tasks all --format ctranslate2 export's; only config.json differs (source token)."""
     out, report = argos_out
     by_pair = {p["pair"]: p for p in report["packages"]}
     models = {}
@@ -96,7 +94,8 @@ def test_pairs_of_a_task_share_the_export_bytes(argos_out, ct2_all, tmp_path):
     assert by_pair["de-en"]["model_sha256"] == by_pair["pt_BR-en"]["model_sha256"]
     for pair in PAIRS:
         task = by_pair[pair]["task"]
-        assert (models[pair] / "model.bin").read_bytes() == (ct2_all / task / "model.bin").read_bytes()
+        for name in ("model.bin", "shared_vocabulary.json"):
+            assert (models[pair] / name).read_bytes() == (ct2_all / task / name).read_bytes()
     assert (models["de-en"] / "config.json").read_text() != (models["pt_BR-en"] / "config.json").read_text()
 
 
@@ -128,9 +127,26 @@ def test_package_model_fed_the_argos_way_equals_the_export(argos_out, ct2_all, t
             assert a.scores == b.scores
             expected = api.translate([sentence], src, tgt, beam=ARGOS_BEAM, lenpen=ARGOS_LENPEN,
                                      max_len_b=256, fairseq_ranking=False)[0]
-            assert sp.decode_pieces(a.hypotheses[0][1:]) == expected
+            # argos decodes the whole hypothesis, prefix included: language tokens are control pieces
+            assert sp.decode_pieces(a.hypotheses[0]) == expected
             outputs.append(expected)
     assert len(set(outputs)) > 3  # a trained model, not one string for every input
+
+
+def test_package_spm_drops_language_tokens_and_encodes_as_before(argos_model, argos_out, tmp_path):
+    import sentencepiece as spm
+
+    _, data = argos_model
+    out, report = argos_out
+    root = unzip(out / report["packages"][0]["file"], tmp_path / "pkg")
+    plain = spm.SentencePieceProcessor(model_file=str(data / "spm.model"))
+    package = spm.SentencePieceProcessor(model_file=str(root / "sentencepiece.model"))
+    assert package.get_piece_size() == plain.get_piece_size() + 3
+    for text in held_out_sentences("en") + held_out_sentences("pt_BR") + ["x __de__ y _ __en__"]:
+        assert package.encode(text, out_type=str) == plain.encode(text, out_type=str)
+    pieces = ["__de__", "\u2581Red", "en", "__de__", "\u2581cat", "__pt_BR__", "."]
+    assert package.decode_pieces(pieces) == "Reden cat."
+    assert plain.decode_pieces(pieces) != "Reden cat."  # what argos would print without them
 
 
 def _fields(buf):
