@@ -283,3 +283,22 @@ def test_flag_combinations_are_refused(argos_model, tmp_path, capsys, argv, need
     ckpt, data = argos_model
     out = tmp_path / "out"
     _refused(capsys, [str(ckpt), "--data", str(data), "--out", str(out), *argv], out, needle)
+
+
+def test_argos_subset_of_pairs_quotes_scores(argos_model, tmp_path):
+    """--tasks en-de packages that pair only; --scores (fairseq-taskmoe-evaluate's JSON) goes
+    into its README, and a pair the file lacks is said to be missing."""
+    ckpt, data = argos_model
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"checkpoint": str(ckpt), "pairs": {
+        "en-de": {"bleu": 12.345, "chrf": 40.0, "sentences": 13}}}))
+    out = tmp_path / "out"
+    report = extract(str(ckpt), ["en-de", "en-pt_BR"], str(out), fmt="argos", data_dir=str(data),
+                     scores=str(scores))
+    assert [p["file"] for p in report["packages"]] == ["en_de.argosmodel", "en_pb.argosmodel"]
+    readmes = {}
+    for pkg in report["packages"]:
+        with zipfile.ZipFile(out / pkg["file"]) as zf:
+            readmes[pkg["pair"]] = zf.read(next(n for n in zf.namelist() if n.endswith("README.md"))).decode()
+    assert "bleu 12.35, chrf 40.00 on 13 sentences" in readmes["en-de"]
+    assert "`scores.json` has no score for en-pt_BR" in readmes["en-pt_BR"]
