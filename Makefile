@@ -7,7 +7,7 @@ FAIRSEQ_PIN := ve-fairseq==0.12.3
 FAIRSCALE_PIN := fairscale==0.4.13
 PYTEST_ARGS ?=
 
-.PHONY: env demo test clean-demo gpu-check
+.PHONY: env demo test clean-demo gpu-check libretranslate-env libretranslate test-libretranslate
 
 env: $(STAMP)
 
@@ -41,3 +41,38 @@ gpu-check: $(STAMP)
 
 clean-demo:
 	rm -rf demo
+
+# LibreTranslate in its own environment (it pins flask 2.2, packaging 23.1, numpy<2, ...): built from
+# the package registry with the versions in requirements-libretranslate.txt. docs/DEPLOY.md.
+LT_VENV := .venv-libretranslate
+LT_STAMP := $(LT_VENV)/.installed
+DEMO_CKPT ?= demo/ckpt/checkpoint_last.pt
+DEMO_DATA ?= data/loc8
+LT_PACKAGES ?= demo/argos
+LT_PORT ?= 5000
+
+libretranslate-env: $(LT_STAMP)
+
+$(LT_STAMP): requirements-libretranslate.txt
+	test -x $(LT_VENV)/bin/python || $(PYTHON) -m venv $(LT_VENV)
+	$(LT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LT_VENV)/bin/python -m pip install -q -r requirements-libretranslate.txt
+	$(LT_VENV)/bin/python -c "import libretranslate, argostranslate, minisbd, ctranslate2; print('libretranslate env ok')"
+	touch $(LT_STAMP)
+
+# The demo model's Argos packages (all 16 directions), rebuilt when the checkpoint changes.
+$(LT_PACKAGES)/extract.json: $(DEMO_CKPT) | $(STAMP)
+	$(BIN)/fairseq-taskmoe-extract $(DEMO_CKPT) --tasks all --format argos --data $(DEMO_DATA) \
+	  --out $(LT_PACKAGES) --force
+
+$(DEMO_CKPT):
+	@echo "make libretranslate: no $(DEMO_CKPT); run 'make demo' first (or pass DEMO_CKPT=... DEMO_DATA=...)" >&2; exit 1
+
+# Serve them on http://127.0.0.1:$(LT_PORT) (web page and API) until interrupted.
+libretranslate: $(STAMP) $(LT_STAMP) $(LT_PACKAGES)/extract.json
+	$(BIN)/python -m fairseq_taskmoe.serve.libretranslate $(LT_PACKAGES) --lt-env $(LT_VENV) --port $(LT_PORT)
+
+# The integration test (.ci/run runs it): toy model -> packages -> argostranslate and LibreTranslate.
+test-libretranslate: $(STAMP) $(LT_STAMP)
+	FAIRSEQ_TASKMOE_LT_ENV=$(CURDIR)/$(LT_VENV) $(BIN)/python -m pytest -q -rs tests/integration; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test-libretranslate: no tests were collected" >&2; exit 1; fi; exit $$rc

@@ -11,12 +11,12 @@ from fairseq_taskmoe.checkpoints import (
     task_args,
 )
 from fairseq_taskmoe.checkpoints.validate import check_moe_state
-from fairseq_taskmoe.extract import outdir, stock
+from fairseq_taskmoe.extract import all_tasks, outdir, stock
 from fairseq_taskmoe.extract.subnet import check_extractable, extract_subnet
 from fairseq_taskmoe.serve import ctranslate2_export as ct2_export
 from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
 
-FORMATS = ("plugin", "stock", "ctranslate2")
+FORMATS = ("plugin", "stock", "ctranslate2", "argos")
 
 logger = logging.getLogger("fairseq_taskmoe.extract")
 
@@ -94,7 +94,8 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
             force: bool = False, prune_token_experts: Optional[int] = None,
             prune_data: Optional[str] = None, prune_split: str = "valid",
             target_langs: Sequence[str] = (), data_dir: Optional[str] = None,
-            quantization: Optional[str] = None, log=logger.warning) -> dict:
+            quantization: Optional[str] = None, log=logger.warning, copy_vocab: bool = True,
+            scores: Optional[str] = None) -> dict:
     """Write a per-task sub-network of ``checkpoint`` to ``out_dir``; return extract.json's content.
 
     Args:
@@ -109,9 +110,25 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
         prune_data: data dir for the routing statistics (default: ``data_dir``).
         force: replace ``out_dir`` if it is an earlier extract (never anything else).
         log: called with each note about leftovers of an interrupted earlier run.
+        copy_vocab: write dict.*.txt / spm.model into ``out_dir`` (``--tasks all`` writes
+            them once for formats that allow it).
+        scores: ``--format argos``: fairseq-taskmoe-evaluate's JSON, quoted in the READMEs.
+
+    ``tasks == ["all"]``: one extract per task under ``out_dir`` (``all_tasks.py``);
+    ``fmt == "argos"``: one Argos Translate package per pair (``argos.py``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    multi = dict(force=force, prune_token_experts=prune_token_experts, prune_data=prune_data,
+                 target_langs=target_langs, data_dir=data_dir, quantization=quantization, log=log)
+    if fmt == "argos":
+        from fairseq_taskmoe.extract.argos import extract_argos
+
+        return extract_argos(checkpoint, tasks, out_dir, scores=scores, **multi)
+    if scores:
+        raise ValueError(f"--scores is for --format argos (got --format {fmt})")
+    if all_tasks.wants_all(tasks):
+        return all_tasks.extract_all(checkpoint, out_dir, fmt, prune_split=prune_split, **multi)
     if fmt == "ctranslate2":
         quantization = ct2_export.check_quantization(quantization)
     elif quantization:
@@ -179,7 +196,7 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
                                                        stock_overhead=overhead)
         else:
             atomic_torch_save(out_state, os.path.join(tmp, "checkpoint.pt"))
-        report["vocab_files"] = outdir.copy_vocab(vocab, tmp)
+        report["vocab_files"] = outdir.copy_vocab(vocab, tmp) if copy_vocab else []
         atomic_write_json(os.path.join(tmp, outdir.MARKER), report, indent=2)
         outdir.check_out_dir(out_dir, force, [checkpoint, data_dir, prune_data])  # still safe to replace
     return copy.deepcopy(report)

@@ -1,7 +1,8 @@
 """``fairseq-taskmoe-extract``: write a deployable per-task sub-network.
 
-    fairseq-taskmoe-extract CHECKPOINT --tasks en-de [en-fr ...] --out DIR
-        [--format plugin|stock|ctranslate2 [--quantization int8]] [--target-langs de,fr]
+    fairseq-taskmoe-extract CHECKPOINT --tasks en-de [en-fr ...] | all --out DIR
+        [--format plugin|stock|ctranslate2|argos [--quantization int8]] [--target-langs de,fr]
+        [--scores SCORES.json (argos)]
         [--data DIR] [--prune-token-experts N [--prune-data DIR] [--prune-split valid]] [--force]
 
 Errors are one line, ``fairseq-taskmoe-extract: error: ...``; exit status 2 for
@@ -27,18 +28,23 @@ def get_parser():
     parser.add_argument("checkpoint", help="a transformer_taskmoe checkpoint (or any shard of an "
                         "expert-parallel shard set)")
     parser.add_argument("--tasks", nargs="+", default=[], metavar="SRC-TGT",
-                        help="language pairs to keep, mapped to tasks by the model's --moe-task-by")
+                        help="language pairs to keep, mapped to tasks by the model's --moe-task-by; "
+                             "'all': every task, one extract each under --out (argos: every pair)")
     parser.add_argument("--target-langs", default="",
                         help="comma-separated target languages: shortcut for every trained pair into them")
     parser.add_argument("--out", required=True, help="output directory (checkpoint.pt, dict.*.txt, extract.json)")
     parser.add_argument("--format", default="plugin", choices=FORMATS,
                         help="plugin: transformer_taskmoe checkpoint (needs --user-dir); stock: plain "
                              "fairseq transformer (one task, every MoE side task-routed); "
-                             "ctranslate2: that stock model as a CTranslate2 model directory")
+                             "ctranslate2: that stock model as a CTranslate2 model directory; "
+                             "argos: one Argos Translate package per pair (docs/DEPLOY.md)")
     parser.add_argument("--quantization", default=None, metavar="TYPE",
-                        help="--format ctranslate2 only: weight type of the CTranslate2 model, one of "
+                        help="--format ctranslate2 / argos: weight type of the CTranslate2 model, one of "
                              "int8 (default), int8_float32, int8_float16, int8_bfloat16, int16, "
                              "float16, bfloat16, float32 (see docs/SERVING.md)")
+    parser.add_argument("--scores", default=None, metavar="FILE",
+                        help="--format argos only: fairseq-taskmoe-evaluate --json output, quoted in "
+                             "each package's README.md")
     parser.add_argument("--prune-token-experts", type=int, default=None, metavar="N",
                         help="token/sentence-routed layers keep their N most used experts on the "
                              "task's data (approximate; default: keep all, exact)")
@@ -62,9 +68,9 @@ def main(argv=None) -> int:
         prune_token_experts=args.prune_token_experts, prune_data=args.prune_data,
         prune_split=args.prune_split, data_dir=args.data, quantization=args.quantization,
         log=lambda note: print(f"{PROG}: note: {note}", file=sys.stderr),
-        target_langs=[t for t in args.target_langs.split(",") if t])
+        target_langs=[t for t in args.target_langs.split(",") if t], scores=args.scores)
     summary = {k: report[k] for k in ("tasks", "format", "moe_layout", "params_before", "params_after",
-                                      "decoder_experts_kept_fraction", "vocab_dir")}
+                                      "decoder_experts_kept_fraction", "vocab_dir") if k in report}
     print(json.dumps(summary))
     return 0
 

@@ -4,7 +4,8 @@ Files: ``ctranslate2_export.py`` (``--format ctranslate2`` of fairseq-taskmoe-ex
 ``ct2_ffn_trim.py`` (trims the stock extract's FFN padding from the converted spec),
 ``fairseq_translator.py`` and ``ct2_translator.py`` (one ``translate(sentences, src, tgt)``
 per engine), ``hub.py`` (``from_pretrained``: picks the engine by what the path holds),
-``cli.py`` (``fairseq-taskmoe-translate``). ``ctranslate2`` is imported only when a
+``cli.py`` (``fairseq-taskmoe-translate``), ``libretranslate.py`` (Argos packages served by
+LibreTranslate from its own environment; standard library only). ``ctranslate2`` is imported only when a
 CTranslate2 model is exported or loaded.
 """
 
