@@ -168,7 +168,8 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
         out_state = stock.plugin_state(state, sub.state, layout_json, ",".join(kept_names))
     else:
         padded, widths, overhead = stock.pad_to_common_width(sub.state, num_layers, fmt)
-        out_state = stock.stock_state(state, padded, widths)
+        out_state = stock.stock_state(state, padded, widths, served={
+            "tasks": kept_names, "moe_task_by": moe_cfg.task_by, "pairs": pairs})
         report["params_written"] = count_params(padded)
         report["stock_overhead"] = overhead
 
