@@ -33,6 +33,27 @@ from fairseq_taskmoe.checkpoints.safe_load import (
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNSAFE, EXIT_ENVIRONMENT = 0, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a ctrl-C'd program
+EXIT_TERMINATED = 143  # 128 + SIGTERM (`kill`)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like ctrl-C so that ``finally`` blocks remove temp outputs, and
+    ``except Exception`` handlers do not swallow it."""
+
+
+def exit_on_signals(prog: str):
+    """Make SIGTERM unwind the stack (Python's default kills the process on the spot, which
+    leaves atomic writers' hidden temp files and directories behind). Returns the previous
+    handler (None when not in the main thread, where handlers cannot be set)."""
+    import signal
+
+    def _terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        return None
 
 # fairseq log lines (logger name, message start) that say nothing a user of our tools can act on.
 NOISE = (
@@ -124,7 +145,10 @@ def run(prog: str, main: Callable, argv: Optional[Sequence[str]] = None,
         if loads_checkpoints:
             refuse_unsafe_torch_env()
         result = main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated):
+            print(f"{prog}: terminated; no output was left half-written", file=sys.stderr)
+            return EXIT_TERMINATED
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001  (re-raised unless known)
@@ -165,7 +189,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, "", [], argparse.SUPPRESS) or "%(default)" in text:
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or default in ("", []) \
+                or "%(default)" in text or "(default" in text:
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text + " (default: %(default)s)"
@@ -184,4 +210,5 @@ def split_list(values) -> list:
 def console_main(prog: str, main: Callable, loads_checkpoints: bool = True):
     """Entry point body of a console script: quiet logging, :func:`run`, ``sys.exit``."""
     quiet_logging("--verbose" in sys.argv[1:])
+    exit_on_signals(prog)
     sys.exit(run(prog, main, None, loads_checkpoints))
