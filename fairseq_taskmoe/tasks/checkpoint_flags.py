@@ -140,7 +140,8 @@ def inspect_checkpoint(path: str, state=None) -> CheckpointFlags:
             model_ns = model_args(state, path)
         except ValueError:
             model_ns = None  # a stock transformer (e.g. a --format stock extract): no MoE to check
-        if model_ns is not None:
+        sharded = "expert_parallel" in state or "_expert_shards" in state["model"]
+        if model_ns is not None and not sharded:  # a shard set's experts live in other files
             check_moe_state(state, model_ns, path)
     except (UsageError, UnsafeCheckpointError):
         raise
