@@ -135,16 +135,99 @@ def atomic_write_json(path, obj, indent=1, **kwargs):
     atomic_write_text(path, text + "\n")
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` to ``path`` atomically; a full disk raises OSError(ENOSPC) naming ``path``.
+class _WriteErrors:
+    """A binary file wrapper that keeps the OSError of a failed ``write``.
 
-    torch.save on a path reports write errors as an opaque RuntimeError from its
-    C++ writer; on a Python file object the OSError comes through.
+    torch.save's C++ zip writer calls ``write`` on a Python file object, and when a
+    write fails (disk full) it reports ``[enforce fail at inline_container.cc] unexpected
+    pos``, a RuntimeError without the cause; the OSError kept here is the cause.
     """
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
+def _torch_save_into(obj, f):
     import torch
 
+    writer = _WriteErrors(f)
+    try:
+        torch.save(obj, writer)
+        f.flush()  # a buffered write error shows here, before fsync
+    except RuntimeError as err:
+        if writer.error is not None:
+            raise writer.error from err
+        raise
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to ``path`` atomically; a full disk raises OSError(ENOSPC) naming ``path``."""
     with atomic_file(path, "wb") as f:
-        torch.save(obj, f)
+        _torch_save_into(obj, f)
+
+
+def atomic_torch_save_many(items):
+    """``torch.save`` each ``(obj, path)`` of ``items``: all files appear, or none does.
+
+    Every object is written to its temp file first; only when all are complete are they
+    renamed into place. A failure (a full disk at the last file) removes the temp files,
+    so no partial set (e.g. shard 0 of a split) is left to block a rerun.
+    """
+    done, temps = [], []
+    try:
+        for obj, path in items:
+            path = os.fspath(path)
+            _parent(path)
+            tmp = _hidden(path, TMP)
+            temps.append(tmp)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                with os.fdopen(fd, "wb") as f:
+                    _torch_save_into(obj, f)
+                    os.fsync(f.fileno())
+            except OSError as err:
+                raise _with_path(err, path, tmp) from err
+            done.append((tmp, path))
+        for tmp, path in done:
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _with_path(err, path, tmp) from err
+        for parent in {os.path.dirname(os.path.abspath(p)) for _, p in done}:
+            fsync_dir(parent)
+    finally:
+        for tmp in temps:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+
+
+def space_error(directory, path, nbytes: int = 1 << 20):
+    """After an engine (e.g. CTranslate2's C++ writer) failed with an opaque error: the
+    OSError that writing ``nbytes`` into ``directory`` gives now (ENOSPC on a full disk),
+    naming ``path``; None when the write succeeds (the failure had another cause)."""
+    probe = _hidden(os.path.join(os.fspath(directory), "space-probe"), TMP)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return type(err)(err.errno, err.strerror or str(err), os.fspath(path))
+    finally:
+        if os.path.lexists(probe):
+            os.remove(probe)
+    return None
 
 
 def atomic_copy(src, dst):
@@ -212,8 +295,9 @@ def atomic_dir(out_dir, replace: bool = False):
         try:
             yield tmp
         except OSError as err:  # name the file as it will be, not its temp name
-            if err.filename and os.fspath(err.filename).startswith(tmp + os.sep):
-                raise type(err)(err.errno, err.strerror, out_dir + os.fspath(err.filename)[len(tmp):]) from err
+            name = os.fspath(err.filename) if err.filename else ""
+            if name == tmp or name.startswith(tmp + os.sep):
+                raise type(err)(err.errno, err.strerror, out_dir + name[len(tmp):]) from err
             raise
         fsync_dir(tmp)
         old = None

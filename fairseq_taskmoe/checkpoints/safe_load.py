@@ -133,8 +133,11 @@ def _unsafe_globals(path: str, message: str) -> list:
     return list(dict.fromkeys(([named] if named else []) + scanned))
 
 
-def load_checkpoint_safely(path):
+def load_checkpoint_safely(path, mmap: bool = False):
     """Load a checkpoint with ``weights_only=True``; clear errors otherwise.
+
+    ``mmap``: map the tensors' storage instead of reading it (a zip-format file only;
+    others are read): what a caller that looks only at the args and a few tensors wants.
 
     Raises ``FileNotFoundError`` for a missing file, ``UnsafeCheckpointError``
     when the file holds a class outside the allowlist, and ``ValueError`` for a
@@ -144,7 +147,8 @@ def load_checkpoint_safely(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        mmap = mmap and zipfile.is_zipfile(path)
+        return torch.load(path, map_location="cpu", weights_only=True, **({"mmap": True} if mmap else {}))
     except pickle.UnpicklingError as err:
         blocked = _unsafe_globals(path, str(err))
         what = f"the global {', '.join(blocked[:3])}" if blocked else "an object of an unknown kind"

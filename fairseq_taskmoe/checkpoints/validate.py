@@ -90,8 +90,13 @@ def check_moe_state(state: dict, model_ns, path: str):
                                 ("fc2_weight", (value, dim, width)), ("fc2_bias", (value, dim))):
                 _shape(model, f"{prefix}moe.experts.{name}", shape, path, why)
             if cfg.routing(side) == "task":
-                _shape(model, prefix + "moe.router.task_gate.weight", (tasks, value), path,
-                       f"{why}, {tasks} tasks in moe_task_names")
+                gate = prefix + "moe.router.task_gate.weight"
+                _shape(model, gate, (tasks, value), path, f"{why}, {tasks} tasks in moe_task_names")
+                if not bool(model[gate].isfinite().all()):
+                    # top-k of a NaN row picks arbitrary experts (fairseq then trips an assert).
+                    raise ValueError(f"{path}: {gate} holds NaN or infinite weights (a diverged "
+                                     "training?), so its tasks have no defined experts; use an "
+                                     "earlier checkpoint")
             else:
                 _shape(model, prefix + "moe.router.wg.weight", (value, dim), path, why)
     return cfg, num_layers

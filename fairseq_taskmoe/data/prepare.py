@@ -13,10 +13,12 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 
 from fairseq_taskmoe.checkpoints import atomic_dir, recover_dir
+from fairseq_taskmoe.checkpoints.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, exit_on_signals
 
 from .binarize import binarize
 from .card import summary_table, write_card
@@ -124,6 +126,24 @@ def _select(splits, requested, min_pairs, explicit):
     return keep
 
 
+def _check_doc_splits(splits, langs, doc_packages, doc_pairs):
+    """--docs must give documentation sentences: refuse when there are none at all, warn per
+    language whose valid_doc / test_doc would be empty (its doc scores would silently be missing)."""
+    if not doc_pairs:
+        raise ValueError("--docs: the help packages (--doc-packages %s) yielded no translated pages; "
+                         "valid_doc/test_doc would be empty. Check the package names (they must ship "
+                         "translated help), or leave --docs out" % ",".join(doc_packages))
+    empty = [l for l in langs if not splits[l]["valid_doc"] or not splits[l]["test_doc"]]
+    if len(empty) == len(langs):
+        raise ValueError("--docs: the help packages (--doc-packages %s) gave no evaluation sentences "
+                         "(valid_doc/test_doc) for any of %s; add help packages that are translated "
+                         "into them, or leave --docs out" % (",".join(doc_packages), ",".join(langs)))
+    for lang in empty:
+        logger.warning("--docs: %s gets %d valid_doc and %d test_doc sentences; its documentation "
+                       "scores will be missing", lang, len(splits[lang]["valid_doc"]),
+                       len(splits[lang]["test_doc"]))
+
+
 def build(args, progress):
     start = time.time()
     requested = _validate(args)
@@ -163,6 +183,8 @@ def build(args, progress):
     langs = _select(splits, requested, args.min_pairs, explicit)
     if not langs:
         raise ValueError("no language reaches --min-pairs %d; lower it or add --packages" % args.min_pairs)
+    if with_doc:
+        _check_doc_splits(splits, langs, docs, sum(len(p) for p in corpus.pairs["doc"].values()))
 
     out = os.path.abspath(args.out)
     # Built in a hidden sibling temp dir (umask mode), renamed into place; with --force the old
@@ -208,6 +230,16 @@ def io_error_message(exc, out):
 
 def cli_main(argv=None):
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, force=True)
+    # `kill` (SIGTERM) unwinds like ctrl-C: the hidden .OUT.tmp-* directory is removed, not left behind.
+    previous = exit_on_signals("fairseq-taskmoe-prepare-data")
+    try:
+        return _cli(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _cli(argv):
     args = get_parser().parse_args(argv)
     try:
         from tqdm import tqdm as progress
@@ -222,6 +254,11 @@ def cli_main(argv=None):
     except OSError as exc:
         print("fairseq-taskmoe-prepare-data: error: %s" % io_error_message(exc, args.out), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # the temp output is gone (atomic_dir's finally)
+        killed = isinstance(exc, Terminated)
+        print("fairseq-taskmoe-prepare-data: %s; --out %s was not written" % (
+            "terminated" if killed else "interrupted", args.out), file=sys.stderr)
+        return EXIT_TERMINATED if killed else EXIT_INTERRUPTED
     print()
     print(summary_table(counts))
     print("\n%d packages: %s" % (len(sources), ", ".join("%s %s (%s)" % (s["name"], s["version"], s["licence"]) for s in sources)))

@@ -7,13 +7,14 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from fairseq_taskmoe.checkpoints import (
-    atomic_dir, atomic_torch_save, atomic_write_json, lang_pairs, load_source, model_args, sha256,
+    atomic_dir, atomic_torch_save, atomic_write_json, atomic_write_text, lang_pairs, load_source, model_args, sha256,
     task_args,
 )
 from fairseq_taskmoe.checkpoints.validate import check_moe_state
-from fairseq_taskmoe.extract import all_tasks, outdir, stock
+from fairseq_taskmoe.extract import all_tasks, outdir, readme, stock
 from fairseq_taskmoe.extract.subnet import check_extractable, extract_subnet
 from fairseq_taskmoe.serve import ctranslate2_export as ct2_export
+from fairseq_taskmoe.tasks.checkpoint_flags import language_list, task_group
 from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
 
 FORMATS = ("plugin", "stock", "ctranslate2", "argos")
@@ -166,11 +167,15 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
     sub = extract_subnet(state["model"], moe_cfg, num_layers, rows, prune_token_experts, counts)
     kept_names = [names[r] for r in rows]
     layout_json = json.dumps(sub.layout, sort_keys=True)
+    langs = language_list(task_group(state) or task_ns)
+    langtoks = {"encoder_langtok": getattr(task_ns, "encoder_langtok", None),
+                "decoder_langtok": bool(getattr(task_ns, "decoder_langtok", False))}
     report = {
         "source_checkpoint": os.path.abspath(checkpoint),
         "source_sha256": sha256(checkpoint),
         "tasks": kept_names,
         "pairs": pairs,
+        "langs": langs,
         "moe_task_by": moe_cfg.task_by,
         "format": fmt,
         "moe_layout": sub.layout,
@@ -185,7 +190,8 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
         out_state = stock.plugin_state(state, sub.state, layout_json, ",".join(kept_names))
     else:
         padded, widths, overhead = stock.pad_to_common_width(sub.state, num_layers, fmt)
-        out_state = stock.stock_state(state, padded, widths)
+        out_state = stock.stock_state(state, padded, widths, served={
+            "tasks": kept_names, "moe_task_by": moe_cfg.task_by, "pairs": pairs})
         report["params_written"] = count_params(padded)
         report["stock_overhead"] = overhead
 
@@ -197,6 +203,14 @@ def extract(checkpoint: str, tasks: Sequence[str] = (), out_dir: str = "", fmt: 
         else:
             atomic_torch_save(out_state, os.path.join(tmp, "checkpoint.pt"))
         report["vocab_files"] = outdir.copy_vocab(vocab, tmp) if copy_vocab else []
+        # --tasks all writes the vocabulary once, in the parent of this extract.
+        has_spm = os.path.isfile(os.path.join(vocab, "spm.model")) if vocab else False
+        # What stock fairseq / plain CTranslate2 need to decode it, and how (readme.py).
+        atomic_write_text(os.path.join(tmp, "README.md"),
+                          readme.render(report, langs, langtoks, has_spm))
+        if langs:
+            atomic_write_text(os.path.join(tmp, "langs.txt"), readme.langs_txt(langs))
+        atomic_write_text(os.path.join(tmp, "lang_pairs.txt"), readme.lang_pairs_txt(pairs))
         atomic_write_json(os.path.join(tmp, outdir.MARKER), report, indent=2)
         outdir.check_out_dir(out_dir, force, [checkpoint, data_dir, prune_data])  # still safe to replace
     return copy.deepcopy(report)

@@ -14,13 +14,14 @@
 import argparse
 import copy
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
 from fairseq_taskmoe.extract import fuse
 from fairseq_taskmoe.extract.subnet import SIDES, dense_widths
+from fairseq_taskmoe.tasks.checkpoint_flags import SERVED_KEY
 
 PLAIN_TYPES = (str, int, float, bool, type(None), Tensor)
 STOCK_TASK = "translation_multi_simple_epoch"
@@ -118,8 +119,14 @@ def _strip_moe(group: dict) -> dict:
     return {k: v for k, v in group.items() if not k.startswith("moe_")}
 
 
-def stock_state(state: dict, model: Dict[str, Tensor], widths: Dict[str, int]) -> dict:
-    """A plain-typed fairseq ``transformer`` checkpoint for ``translation_multi_simple_epoch``."""
+def stock_state(state: dict, model: Dict[str, Tensor], widths: Dict[str, int],
+                served: Optional[dict] = None) -> dict:
+    """A plain-typed fairseq ``transformer`` checkpoint for ``translation_multi_simple_epoch``.
+
+    ``served``: ``{"tasks", "moe_task_by", "pairs"}`` of the extract, stored under
+    ``SERVED_KEY`` so that the plugin's task and translators refuse other pairs (a stock
+    transformer has no task gate to do it; stock fairseq ignores the key).
+    """
     out = _plain(_deployable_meta(state))
     cfg = _plain(state["cfg"])
     # argparse-era groups each hold every training flag, so the model group names the task and
@@ -149,5 +156,7 @@ def stock_state(state: dict, model: Dict[str, Tensor], widths: Dict[str, int]) -
         if "MoE" in str(hist.get("criterion_name", "")):
             hist["criterion_name"] = "LabelSmoothedCrossEntropyCriterion"
     out["model"] = model
+    if served is not None:
+        out[SERVED_KEY] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in served.items()}
     assert_plain(out)
     return out

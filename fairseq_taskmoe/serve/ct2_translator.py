@@ -22,9 +22,12 @@ import os
 from typing import List, Optional
 
 from fairseq_taskmoe.serve.ctranslate2_export import import_ctranslate2, is_ctranslate2_dir, lang_token
-from fairseq_taskmoe.serve.text import Pieces, check_sentences, find_spm
+from fairseq_taskmoe.serve.text import Pieces, check_decoding, check_length, check_sentences, find_spm, non_empty
 
 EOS = "</s>"
+# CTranslate2 cuts longer inputs silently (translate_batch's max_input_length); exports
+# written before extract.json recorded the model's limit get this one.
+DEFAULT_MAX_SOURCE_POSITIONS = 1024
 
 
 def _vocabulary(path: str) -> set:
@@ -106,24 +109,34 @@ class CTranslate2Translator:
 
         ``max_len_b`` / ``min_len`` bound the target length as fairseq's flags do (the forced
         language token included); ``self.last_target_tokens`` as in ``FairseqTranslator``.
+        Empty sentences come back empty; an over-long one raises ``SentenceError``.
         """
+        check_decoding(beam, batch_size, max_len_b, min_len)
         sentences = check_sentences(sentences)
-        if not sentences:
-            return []
         enc_tok, dec_tok = self._langtoks(src, tgt)
-        source = [([enc_tok] if enc_tok else []) + self.pieces.encode(s).split() for s in sentences]
+        outputs = [""] * len(sentences)
+        self.last_target_tokens = 0
+        keep = non_empty(sentences)
+        if not keep:
+            return outputs
+        limit = int(self.info.get("max_source_positions") or DEFAULT_MAX_SOURCE_POSITIONS)
+        source = []
+        for i in keep:
+            pieces = self.pieces.encode(sentences[i]).split()
+            check_length(i, len(pieces), limit, 1 + (1 if enc_tok else 0))
+            source.append(([enc_tok] if enc_tok else []) + pieces)
         prefix = [[dec_tok]] * len(source) if dec_tok else None
         rerank = fairseq_ranking and beam > 1
         results = self.translator.translate_batch(
             source, target_prefix=prefix, beam_size=beam, length_penalty=lenpen,
             max_batch_size=batch_size, max_decoding_length=max_len_b, min_decoding_length=min_len,
+            max_input_length=limit,
             num_hypotheses=beam if rerank else 1, return_scores=rerank)
         first = None
         if rerank and dec_tok is not None and lenpen != 0:
             # log p(__tgt__ | source): the term CTranslate2 leaves out of the sum.
             first = self.translator.score_batch(source, [[dec_tok]] * len(source), max_batch_size=batch_size)
         out = []
-        self.last_target_tokens = 0
         for i, res in enumerate(results):
             best = res.hypotheses[0]
             if rerank:
@@ -133,4 +146,6 @@ class CTranslate2Translator:
             self.last_target_tokens += len(best) + 1  # + </s>
             words = [w for w in best if w != EOS and w != dec_tok]  # what fairseq strips
             out.append(self.pieces.decode(" ".join(words)))
-        return out
+        for i, text in zip(keep, out):
+            outputs[i] = text
+        return outputs

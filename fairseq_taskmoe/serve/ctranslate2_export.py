@@ -22,8 +22,9 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
-import torch
 
+from fairseq_taskmoe.checkpoints import atomic_torch_save
+from fairseq_taskmoe.checkpoints.atomic import space_error
 from fairseq_taskmoe.serve import ct2_ffn_trim
 
 # ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES (4.x), listed here so that a bad
@@ -103,18 +104,30 @@ def convert(stock_state: dict, dest: str, vocab_dir: str, pairs: List[str], quan
     """
     import_ctranslate2()
     task_cfg = stock_state["cfg"]["task"]
-    info = dict(langtoks(task_cfg), quantization=quantization, pairs=list(pairs))
+    info = dict(langtoks(task_cfg), quantization=quantization, pairs=list(pairs),
+                max_source_positions=int(stock_state["cfg"]["model"].get("max_source_positions") or 1024))
     src, tgt = pairs[0].split("-")
     work = os.path.join(dest, ".ctranslate2-convert")
     os.mkdir(work)
     try:
         converter_input = dict(stock_state, args=argparse.Namespace(**stock_state["cfg"]["model"]))
         path = os.path.join(work, "checkpoint.pt")
-        torch.save(converter_input, path)
+        atomic_torch_save(converter_input, path)
         model_dir = os.path.join(work, "model")
         converter = trimming_converter(path, vocab_dir, source_lang=src, target_lang=tgt,
                                        ffn_widths=ct2_ffn_trim.known_widths(stock_overhead))
-        converter.convert(model_dir, quantization=quantization)
+        try:
+            converter.convert(model_dir, quantization=quantization)
+        except OSError as err:
+            if err.filename is None:  # the converter's own writes name no file: name the export
+                raise type(err)(err.errno, err.strerror or str(err), dest) from err
+            raise
+        except RuntimeError as err:
+            # CTranslate2's C++ writer says "basic_ios::clear" on a full disk: name the cause.
+            cause = space_error(work, dest)
+            if cause is not None:
+                raise cause from err
+            raise
         info["ffn_trim"] = converter.ffn_trim
         for name in os.listdir(model_dir):
             os.replace(os.path.join(model_dir, name), os.path.join(dest, name))

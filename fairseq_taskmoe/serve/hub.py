@@ -39,7 +39,14 @@ def from_pretrained(path: str, data: Optional[str] = None, checkpoint_file: Opti
             none: sentences are taken as already tokenized).
         threads: CTranslate2 intra-op threads (0: its default); fairseq uses torch's setting.
         compute_type: CTranslate2 compute type ("default": the export's quantization).
+
+    Raises ``UnsafeEnvironmentError`` while TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set (as the
+    command line does), ValueError for a path, model or language it cannot serve.
     """
+    from fairseq_taskmoe.checkpoints import refuse_unsafe_torch_env
+
+    # As the CLI: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set, fairseq's loaders unpickle anything.
+    refuse_unsafe_torch_env()
     path = os.fspath(path)
     data = os.fspath(data) if data is not None else None
     spm_model = os.fspath(spm_model) if spm_model is not None else None

@@ -27,10 +27,12 @@ from fairseq.data.multilingual.sampled_multi_dataset import CollateFormat, Sampl
 from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
+from fairseq_taskmoe.checkpoints.cli import UsageError
 from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, split_task_names, validate_training
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 from fairseq_taskmoe.moe.router import Router
 from fairseq_taskmoe.parallel.scaler import install_expert_parallel_scaler
+from fairseq_taskmoe.tasks.checkpoint_flags import check_decoding_command_line
 from fairseq_taskmoe.tasks.task_id_dataset import TaskIdDataset
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,23 @@ def restore_checkpoint_path(args):
     if os.path.isfile(last):
         return last
     return getattr(args, "continue_once", None) or getattr(args, "finetune_from_model", None)
+
+
+def check_restore_file(args):
+    """fairseq-train ``--restore-file FILE`` naming no file: refuse.
+
+    fairseq logs one INFO line ("No existing checkpoint found") and trains from scratch,
+    which for an explicit ``--restore-file`` is a typo, not an intention. fairseq's own
+    default (``checkpoint_last.pt`` in ``--save-dir``, absent on a first run) is left alone.
+    """
+    restore = getattr(args, "restore_file", None)
+    if not restore or restore == "checkpoint_last.pt" or getattr(args, "save_dir", None) is None:
+        return
+    path = restore_checkpoint_path(args)
+    if not os.path.isfile(path):
+        what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "no such file"
+        raise UsageError(f"--restore-file {path}: {what}; fairseq-train would start from "
+                                "scratch. Give an existing checkpoint file, or leave --restore-file out")
 
 
 def resolve_task_names(task_by, pair_names, given, ckpt_names, ckpt_task_by, ckpt_path,
@@ -143,6 +162,25 @@ class TaskIdDatasetManager(MultilingualDatasetManager):
     def _shared_collater(self):
         return False
 
+    def get_split_num_data_shards(self, split):
+        """fairseq's shard count per pair, with a clear error for a pair that has no data files
+        (fairseq itself ends in ``KeyError: 'main:en-fr'``)."""
+        shards = super().get_split_num_data_shards(split)
+        data_paths, lang_pairs = self.get_data_paths_and_lang_pairs(split)
+        for category, pairs in lang_pairs.items():
+            if category not in data_paths or "mono_" in category:
+                continue
+            for pair in pairs:
+                if self.get_dataset_key(category, *pair.split("-")) not in shards:
+                    src, tgt = pair.split("-")
+                    where = data_paths[category].split(os.pathsep)[0]
+                    flag = "--lang-pairs" if self.args.source_lang is None else "-s/-t"
+                    raise UsageError(
+                        f"{flag} {pair}: no {split} data in {where} (looked for "
+                        f"{split}.{src}-{tgt}.{src}.idx and {split}.{tgt}-{src}.{src}.idx, with .bin); "
+                        f"binarize the pair with fairseq-preprocess or drop it from {flag}")
+        return shards
+
     def load_into_concat_dataset(self, split, datasets, data_param_list):
         # Valid/test splits: fairseq's ConcatDataset collates with datasets[0]
         # too; a non-sampling SampledMultiDataset (what fairseq itself uses for
@@ -163,6 +201,19 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         )
         self.moe_task_by = None
         self.moe_task_names = None
+        self.checkpoint_flags = None
+
+    @classmethod
+    def setup_task(cls, args, **kwargs):
+        """fairseq's setup, after checking the command line against the checkpoint(s) it names:
+        ``--path`` of fairseq-generate / -interactive (``checkpoint_flags.py``), ``--restore-file``
+        of fairseq-train."""
+        flags = check_decoding_command_line(args)
+        if not kwargs.get("from_checkpoint"):
+            check_restore_file(args)
+        task = super().setup_task(args, **kwargs)
+        task.checkpoint_flags = flags
+        return task
 
     def build_model(self, args, from_checkpoint=False):
         task_by = str(getattr(args, "moe_task_by", None) or "target_lang")
@@ -195,8 +246,8 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
         model = super().build_model(args, from_checkpoint)
         if not isinstance(model, TransformerTaskMoEModel):
             # A stock transformer (a --format stock extract) has no task gate: its batches get
-            # no task ids, and a pair outside the task list is no error (which task it holds
-            # was fixed at extraction, extract.json).
+            # no task ids; which task it holds was fixed at extraction, and the pair asked for
+            # was checked against the extract's record in setup_task (check_served_pair).
             self.moe_task_names = None
         if moe_cfg is not None and new_rows:
             logger.info("--moe-new-tasks: new task-gate rows for %s", ",".join(names[len(ckpt_names):]))

@@ -1,0 +1,58 @@
+"""README commands run as written (issue 23): "Generate and score" on a toy model, and the pip-only
+install steps, which must be the Makefile's tested steps (the venv under test was built by them)."""
+
+import os
+import re
+import subprocess
+
+from taskmoe_testlib import BIN, N_EVAL, PLUGIN_DIR, REPO, multilingual_task_args, run_cli, train_args
+
+
+def section_block(title):
+    """The first ```bash block after the README heading ``title``."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(title)
+    return re.search(r"```bash\n((?:.*\n)*?)```", text[start:]).group(1)
+
+
+def commands(block):
+    """Shell commands of a block: continuation lines joined, comments dropped."""
+    joined = block.replace("\\\n", " ")
+    return [" ".join(line.split("#")[0].split()) for line in joined.splitlines() if line.split("#")[0].strip()]
+
+
+def test_pip_only_steps_are_the_makefiles(tmp_path):
+    steps = commands(section_block("### Without make (pip only)"))
+    assert steps[0].startswith("git clone ") and steps[0].endswith(" fairseq_taskmoe && cd fairseq_taskmoe")
+    make = (REPO / "Makefile").read_text()
+    pins = dict(re.findall(r"^(\w+_PIN) := (\S+)$", make, flags=re.M))
+    wanted = []
+    for line in re.findall(r"^\t\$\(BIN\)/python -m (pip install .*)$", make, flags=re.M):
+        line = " ".join(w for w in line.split() if w != "-q")
+        for name, pin in pins.items():
+            line = line.replace(f"$({name})", pin)
+        if "--upgrade pip" not in line and "fairscale" not in line:  # fairscale: benchmarks only
+            wanted.append(line)
+    assert [s for s in steps if s.startswith("pip install")] == wanted
+
+
+def test_generate_and_score_as_written(toy_data, tmp_path):
+    """The block's commands with the README's paths made to exist: data/loc8 (the toy data, with
+    raw/), ckpt/checkpoint_best.pt (a toy model trained on 6 pairs: the block asks for 4, a subset)."""
+    run_cli("fairseq-train", [*multilingual_task_args(toy_data), *train_args(tmp_path / "ckpt", max_update=2, extra=[
+        "--disable-validation", "--moe-decoder-routing", "task"])])
+    os.rename(tmp_path / "ckpt" / "checkpoint_last.pt", tmp_path / "ckpt" / "checkpoint_best.pt")
+    loc8 = tmp_path / "data" / "loc8"
+    loc8.mkdir(parents=True)
+    for f in toy_data.iterdir():
+        (loc8 / f.name).symlink_to(f)
+    (loc8 / "raw").symlink_to(toy_data.parent / "raw")  # test.en-de.de: the toy corpus' raw text
+    (tmp_path / "fairseq_taskmoe").symlink_to(PLUGIN_DIR)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    block = section_block("### Generate and score")
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((tmp_path / "hyp.de").read_text().splitlines()) == N_EVAL
+    assert '"name": "BLEU"' in proc.stdout and '"name": "chrF2"' in proc.stdout
