@@ -26,12 +26,12 @@ file then ``os.replace``; an existing output is refused without ``--force``.
 
 import argparse
 import os
-import sys
 import uuid
 
 import torch
 
-from fairseq_taskmoe.checkpoints import atomic_torch_save
+from fairseq_taskmoe.checkpoints import atomic_torch_save, console_main
+from fairseq_taskmoe.checkpoints.atomic import atomic_torch_save_many
 from fairseq_taskmoe.checkpoints.shards import (
     SPLIT_FILE, is_expert_key, is_sharded_checkpoint, load_checkpoint_state, merge_shared_state,
     merge_split_states, optimizer_expert_indices, split_path, split_set_paths,
@@ -146,17 +146,17 @@ def main(argv=None):
             raise ValueError(f"{args.checkpoint} is already sharded; merge it first")
         if args.drop_optimizer_state:
             state = _drop_optimizer(state)
-        for shard, out in zip(split_state(state, args.world_size), outs):
-            atomic_save(shard, out, args.force)
+        # All W files appear or none does: a full disk at shard W-1 leaves no shard 0 behind
+        # to block the rerun.
+        atomic_torch_save_many(list(zip(split_state(state, args.world_size), outs)))
+        for out in outs:
             print(out)
 
 
 def cli_main():
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"fairseq-taskmoe-merge-shards: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    # The one CLI error wrapper: one line, exit 2 for bad input, 3 for an unsafe checkpoint or
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, 4 for a full disk or read-only target.
+    console_main("fairseq-taskmoe-merge-shards", main)
 
 
 if __name__ == "__main__":
