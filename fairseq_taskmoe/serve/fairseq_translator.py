@@ -48,7 +48,9 @@ class FairseqTranslator:
                              "binarized data dir of the model")
         # Layout, NaN gates and a stock extract's record, checked before fairseq builds anything.
         self.flags = inspect_checkpoint(ckpt)
-        overrides = {"data": data}
+        # path: an expert-parallel checkpoint's shard files are looked for beside it first
+        # (parallel.checkpoint.load_dirs_from_args), as fairseq-generate's --path does.
+        overrides = {"data": data, "path": ckpt}
         if self.flags.langs:  # what the model was trained with; stated, fairseq does not warn
             overrides["langs"] = list(self.flags.langs)
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides=overrides)

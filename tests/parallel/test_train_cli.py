@@ -199,6 +199,16 @@ def test_generate_finds_the_shards_beside_a_moved_checkpoint(ep_runs, toy_data, 
     torch.save(state, moved / "checkpoint_last.pt")
     merge_main(["merge", str(root / "resumed" / "checkpoint_last.pt"), "--out", str(tmp_path / "merged.pt")])
     assert _generate(toy_data, moved / "checkpoint_last.pt") == _generate(toy_data, tmp_path / "merged.pt")
+    # the Python API too: from_pretrained looks beside the file it is given
+    from fairseq_taskmoe.serve import from_pretrained
+
+    got = from_pretrained(str(moved / "checkpoint_last.pt"), data=str(toy_data))
+    want = from_pretrained(str(tmp_path / "merged.pt"), data=str(toy_data))
+    got_sd, want_sd = got.models[0].state_dict(), want.models[0].state_dict()
+    assert got_sd.keys() == want_sd.keys() and any(".experts." in k for k in got_sd)
+    assert all(torch.equal(got_sd[k], want_sd[k]) for k in got_sd)
+    lines = ["the cat runs", "a big red house"]
+    assert got.translate(lines, "en", "de") == want.translate(lines, "en", "de")
 
 
 def test_split_merge_round_trip(ep_runs, tmp_path):
