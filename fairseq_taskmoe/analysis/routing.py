@@ -29,6 +29,7 @@ from fairseq_taskmoe.analysis.stats import check_data_dir, check_pairs, expert_c
 from fairseq_taskmoe.checkpoints import (
     atomic_file, atomic_write_json, check_writable, console_main, lang_pairs, load_source, model_args, run, task_args,
 )
+from fairseq_taskmoe.checkpoints.cli import HelpFormatter, add_verbose, split_list
 from fairseq_taskmoe.checkpoints.validate import check_moe_state
 from fairseq_taskmoe.tasks.translation_multi_taskmoe import task_key
 
@@ -145,16 +146,21 @@ def print_table(report: dict):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help="a transformer_taskmoe checkpoint (or the shared file of a "
+                                      "sharded expert-parallel save)")
     p.add_argument("--data", required=True, help="binarized data dir")
-    p.add_argument("--split", default="valid")
-    p.add_argument("--pairs", default="", help="comma-separated pairs (default: the model's --lang-pairs)")
-    p.add_argument("--group-by", default="target_lang", choices=GROUP_BY)
+    p.add_argument("--split", default="valid", help="data split whose tokens are routed")
+    p.add_argument("--pairs", nargs="+", default=[], metavar="SRC-TGT",
+                   help="pairs to route, commas or spaces (default: the model's --lang-pairs)")
+    p.add_argument("--group-by", default="target_lang", choices=GROUP_BY,
+                   help="rows of the table: one per target language, source language or pair")
     p.add_argument("--max-sentences", type=int, default=0, help="per pair, about (0: the whole split)")
     p.add_argument("--json", required=True, help="output JSON")
     p.add_argument("--png", default=None, help="heatmap PNG (languages x experts, one panel per layer; "
                    "needs matplotlib)")
+    add_verbose(p)
     return p
 
 
@@ -183,7 +189,7 @@ def main(argv=None) -> dict:
     task_ns = task_args(state) or model_ns
     check_moe_state(state, model_ns, args.checkpoint)
     known = lang_pairs(task_ns)
-    pairs = check_pairs([p for p in args.pairs.split(",") if p] or known, known, "--pairs")
+    pairs = check_pairs(split_list(args.pairs) or known, known, "--pairs")
     report = usage(state, model_ns, task_ns, args.data, pairs, args.split, args.group_by,
                    args.max_sentences, ckpt=args.checkpoint)
     print_table(report)

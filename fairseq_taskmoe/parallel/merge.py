@@ -32,6 +32,7 @@ import torch
 
 from fairseq_taskmoe.checkpoints import atomic_torch_save, console_main
 from fairseq_taskmoe.checkpoints.atomic import atomic_torch_save_many
+from fairseq_taskmoe.checkpoints.cli import HelpFormatter, add_verbose
 from fairseq_taskmoe.checkpoints.shards import (
     SPLIT_FILE, is_expert_key, is_sharded_checkpoint, load_checkpoint_state, merge_shared_state,
     merge_split_states, optimizer_expert_indices, split_path, split_set_paths,
@@ -91,23 +92,28 @@ def _drop_optimizer(state):
     return state
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The plugin's help style, keeping the module docstring's layout as the description."""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fairseq-taskmoe-merge-shards", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge", help="shard set -> one checkpoint")
     m.add_argument("shard", help="any shard of a split set (NAME.ep<r>-of-<W>.pt), or the "
                                  "checkpoint_*.pt of a sharded training save")
     m.add_argument("--out", help="output checkpoint (default: NAME.pt beside the shards)")
     s = sub.add_parser("split", help="one checkpoint -> W shards")
-    s.add_argument("checkpoint")
-    s.add_argument("--world-size", type=int, required=True)
-    s.add_argument("--out-dir", help="default: beside the checkpoint")
+    s.add_argument("checkpoint", help="a complete checkpoint (W = 1, or --moe-gather-checkpoint)")
+    s.add_argument("--world-size", type=int, required=True, help="number of shards W (divides E)")
+    s.add_argument("--out-dir", help="where NAME.ep<r>-of-<W>.pt go (default: beside the checkpoint)")
     for p in (m, s):
         p.add_argument("--force", action="store_true", help="overwrite existing outputs")
         p.add_argument("--drop-optimizer-state", action="store_true",
                        help="leave the optimizer state out (needed for checkpoints not written by "
                             "--optimizer adam_ep)")
+        add_verbose(p)
     args = parser.parse_args(argv)
     if args.cmd == "merge":
         sm = SPLIT_FILE.match(os.path.basename(args.shard))
