@@ -24,7 +24,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # Knobs (make exports command-line variables to the script): MAX_UPDATE (800), EVAL_N (100 test
