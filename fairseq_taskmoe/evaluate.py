@@ -21,8 +21,14 @@ stock ``translation_multi_simple_epoch`` included). Every pair's output is
 checked against the number of sentences in the binarized split and in the raw
 reference file.
 
-:func:`paired_bootstrap` is sacrebleu's paired bootstrap resampling, for any
-"system A vs system B" claim (bench/quality.py uses it).
+Each direction's result also counts its looping hypotheses (``loops``,
+``fairseq_taskmoe.scoring.loops``).
+
+Statistics for "system A vs system B" claims live in ``fairseq_taskmoe.scoring`` and are
+re-exported here: :func:`paired_bootstrap_resample` (paired bootstrap over clusters of
+segments that share an English string, or over segments; bench/quality.py uses both),
+:func:`cluster_keys`, :func:`seed_level_test` / :func:`claim_label`, :func:`has_loop`. The
+older :func:`paired_bootstrap` is sacrebleu's own segment bootstrap of a concatenation.
 """
 
 import argparse
@@ -35,6 +41,11 @@ import time
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
+
+from fairseq_taskmoe.scoring.bootstrap import paired_bootstrap_resample  # noqa: F401  (re-exported)
+from fairseq_taskmoe.scoring.clusters import cluster_keys  # noqa: F401
+from fairseq_taskmoe.scoring.loops import has_loop, loop_count
+from fairseq_taskmoe.scoring.seeds import claim_label, seed_level_test  # noqa: F401
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 PLUGIN_TASK = "translation_multi_simple_epoch_taskmoe"
@@ -183,10 +194,10 @@ def evaluate(ckpt, data, pairs, lang_pairs=None, user_dir=PLUGIN_DIR, task=PLUGI
         if len(refs) != len(hyps):  # belt and braces: check_inputs compared the counts already
             raise RuntimeError(f"{len(hyps)} hypotheses but {len(refs)} references for {pair}")
         results[pair] = {**score(hyps, refs, tgt), "references": str(ref_file) if ref_file else "T- lines",
-                         "seconds": round(secs, 1), "hypotheses": hyps}
+                         "seconds": round(secs, 1), "loops": loop_count(hyps, tgt), "hypotheses": hyps}
         r = results[pair]
         log(f"{pair:>12}  BLEU {r['bleu']:6.2f}  chrF {r['chrf']:6.2f}  chrF++ {r['chrf++']:6.2f}  "
-            f"({len(hyps)} sentences, {secs:.0f}s)")
+            f"loops {r['loops']}/{len(hyps)}  ({len(hyps)} sentences, {secs:.0f}s)")
     return results
 
 
