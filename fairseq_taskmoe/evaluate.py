@@ -300,6 +300,11 @@ def get_parser():
     p.add_argument("--task", default=PLUGIN_TASK)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--subset", default="test")
+    # fairseq-generate's own decoding options, passed through (its defaults for the first)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="forbid repeating any n-gram of this size in a hypothesis (0: off)")
+    p.add_argument("--max-len-a", type=float, default=1.2, help="hypothesis length <= a * source length + b")
+    p.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a")
     p.add_argument("--references", default="raw", choices=REFERENCE_CHOICES,
                    help="raw: the data dir's raw/ text (standard); generate: fairseq's T- lines")
     p.add_argument("--json", default=None, help="write results here")
@@ -317,6 +322,11 @@ def main(argv=None):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     if args.beam < 1:
         raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    if args.no_repeat_ngram_size < 0 or args.max_len_a < 0 or args.max_len_b < 1:
+        raise ValueError(f"--no-repeat-ngram-size must be >= 0, --max-len-a >= 0 and --max-len-b >= 1; got "
+                         f"{args.no_repeat_ngram_size}, {args.max_len_a}, {args.max_len_b}")
+    extra = ["--no-repeat-ngram-size", str(args.no_repeat_ngram_size), "--max-len-a", str(args.max_len_a),
+             "--max-len-b", str(args.max_len_b)]  # after generate()'s defaults: the last one wins
     if args.json:
         writable_target(args.json)
     lang_pairs = args.lang_pairs or checkpoint_lang_pairs(args.checkpoint)
@@ -326,11 +336,13 @@ def main(argv=None):
           flush=True)
     try:
         results = evaluate(args.checkpoint, args.data, pairs, lang_pairs, args.user_dir, args.task, args.beam,
-                           args.subset, log=lambda s: print(s, flush=True), references=args.references)
+                           args.subset, extra=extra, log=lambda s: print(s, flush=True), references=args.references)
     except RuntimeError as err:  # fairseq-generate failed or fell short: its last words, one line
         lines = [line for line in str(err).splitlines() if line.strip()]
         raise ValueError(lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")) from err
     out = {"checkpoint": args.checkpoint, "lang_pairs": lang_pairs, "references": args.references,
+           "decoding": {"beam": args.beam, "no_repeat_ngram_size": args.no_repeat_ngram_size,
+                        "max_len_a": args.max_len_a, "max_len_b": args.max_len_b},
            "signatures": signatures(results), "pairs": results, **summary(results)}
     print(f"{'average':>12}  BLEU {out['avg_bleu']:6.2f}  chrF {out['avg_chrf']:6.2f}  "
           f"chrF++ {out['avg_chrfpp']:6.2f}")
