@@ -5,8 +5,9 @@
 
 Each lever decodes every direction with fairseq-generate through fairseq_taskmoe.evaluate (beam 4,
 raw references) and counts looping hypotheses (fairseq_taskmoe.scoring.loops). Levers:
-``--no-repeat-ngram-size N`` (fairseq forbids any repeated n-gram of N target pieces) and
-tighter length limits (``--max-len-a``/``--max-len-b``; the default is 1.2 * source + 10). With
+``--no-repeat-ngram-size N`` (fairseq forbids any repeated n-gram of N target pieces; its
+CPU path is broken in fairseq 0.12, issue #5206, so on CPU it changes nothing) and tighter
+length limits (``--max-len-a``/``--max-len-b``; the default is 1.2 * source + 10). With
 ``--ct2 DIR`` (a CTranslate2 export, e.g. the demo's ``demo/ct2-en-de``) the same options are
 measured in CTranslate2 on that pair (``no_repeat_ngram_size``, ``max_decoding_length``).
 Prints a table (lever, loop share overall and out of English, BLEU) and writes JSON.
@@ -49,6 +50,20 @@ def fairseq_levers(args, pairs, lang_pairs):
     return rows
 
 
+class _WithOptions:
+    """A ctranslate2.Translator whose translate_batch adds CTranslate2's own ``options`` (the
+    serving wrapper passes fairseq's options only; the extension type's methods are read-only)."""
+
+    def __init__(self, translator, options):
+        self._translator, self._options = translator, options
+
+    def translate_batch(self, *args, **kwargs):
+        return self._translator.translate_batch(*args, **{**kwargs, **self._options})
+
+    def __getattr__(self, name):
+        return getattr(self._translator, name)
+
+
 def ct2_levers(args):
     """The same levers in CTranslate2 on one pair (the export's), at beam ``args.beam``."""
     import sacrebleu
@@ -61,17 +76,16 @@ def ct2_levers(args):
     sources = read_lines(raw_reference_file(args.data, args.subset, tgt, src))  # the source side's raw text
     refs = read_lines(raw_reference_file(args.data, args.subset, src, tgt))
     model = from_pretrained(args.ct2, threads=1)
-    base = model.translator.translate_batch
+    base = model.translator
     rows = []
     for name, options in (("default (max 200)", {}), ("no_repeat_ngram_size 3", {"no_repeat_ngram_size": 3}),
                           ("no_repeat_ngram_size 4", {"no_repeat_ngram_size": 4})):
-        # the serving wrapper passes fairseq's options; CTranslate2's own option is added here
-        model.translator.translate_batch = lambda *a, _o=options, **k: base(*a, **{**k, **_o})
+        model.translator = _WithOptions(base, options)
         hyps = model.translate(sources, src, tgt, beam=args.beam)
         rows.append({"engine": "ctranslate2", "lever": f"{args.ct2_pair} {name}", "options": options,
                      "loops %": 100 * loop_count(hyps, tgt) / len(hyps),
                      "avg BLEU": sacrebleu.corpus_bleu(hyps, [refs], tokenize=bleu_tokenizer(tgt)).score})
-    model.translator.translate_batch = base
+    model.translator = base
     return rows
 
 
@@ -83,10 +97,13 @@ def main(argv=None):
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--ct2", default=None, help="a CTranslate2 export to measure the same levers on")
     p.add_argument("--ct2-pair", default="en-de")
+    p.add_argument("--no-fairseq", action="store_true", help="measure the CTranslate2 levers only")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
+    if args.no_fairseq and not args.ct2:
+        raise SystemExit("--no-fairseq needs --ct2 DIR (nothing to measure otherwise)")
     lang_pairs = benchlib.lang_pairs_of(args.data)
-    rows = fairseq_levers(args, lang_pairs.split(","), lang_pairs)
+    rows = [] if args.no_fairseq else fairseq_levers(args, lang_pairs.split(","), lang_pairs)
     if args.ct2:
         rows += ct2_levers(args)
     print(benchlib.table(rows, ["engine", "lever", "loops %", "out-of-English loops %", "into-English loops %",

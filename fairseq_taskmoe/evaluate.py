@@ -302,7 +302,9 @@ def get_parser():
     p.add_argument("--subset", default="test")
     # fairseq-generate's own decoding options, passed through (its defaults for the first)
     p.add_argument("--no-repeat-ngram-size", type=int, default=0,
-                   help="forbid repeating any n-gram of this size in a hypothesis (0: off)")
+                   help="forbid repeating any n-gram of this size in a hypothesis (0: off). fairseq 0.12's CPU "
+                        "path ignores it (it checks the padded end of the token buffer; fairseq issue #5206): "
+                        "on CPU the output does not change")
     p.add_argument("--max-len-a", type=float, default=1.2, help="hypothesis length <= a * source length + b")
     p.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a")
     p.add_argument("--references", default="raw", choices=REFERENCE_CHOICES,
