@@ -20,9 +20,14 @@ Models (the same --max-update, --max-tokens, optimizer and schedule for all):
 seed; the others use the first seed. Scoring: fairseq_taskmoe.evaluate (beam 4,
 raw reference text, BLEU / chrF / chrF++ with signatures) per direction and
 ``--subsets``; the table gives mean and spread (sample sd) over seeds, per
-direction and averaged over directions; paired bootstrap resampling (sacrebleu,
-1000 resamples) on the concatenation of all directions' test sets compares
-task-MoE with token-MoE (and the pairs in COMPARISONS) seed by seed.
+direction and averaged over directions, with the share of looping hypotheses.
+Every "B vs A" claim (COMPARISONS: task-MoE vs token-MoE, ...) is tested per seed
+by a paired bootstrap that resamples clusters of segments sharing an English
+string (and, for comparison, segments), and across seeds by the exact sign-flip
+test; the table labels each claim "significant at the seed level", "suggestive" or
+"no difference found" (bench/quality_report.py, fairseq_taskmoe/scoring/seeds.py).
+Per-sentence hypotheses go to OUT/quality.hyps.jsonl.gz beside the JSON;
+``--from-hypotheses`` recomputes every table from them.
 
 Every step is skipped when its output exists (training: ``DONE`` marker, and
 fairseq-train resumes from checkpoint_last.pt saved every --save-interval-updates;
@@ -31,6 +36,7 @@ stopped: re-run the same command.
 
     python bench/quality.py --out bench/out/quality_d128 --json bench/results/quality_d128.json
     python bench/quality.py --smoke --out /tmp/q   # toy corpus, ~2 min on 2 cores (CI)
+    python bench/quality.py --from-hypotheses bench/results/quality_d128.hyps.jsonl.gz
 """
 
 import argparse
@@ -45,6 +51,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import distill  # noqa: E402
+import quality_report  # noqa: E402
+from quality_report import COMPARISONS  # noqa: E402,F401  (re-exported: the claims this study makes)
 
 PY = sys.executable
 TEACHER = "token-moe"
@@ -54,9 +62,6 @@ ROUTING = {"dense-active": None, "token-moe": ("token", "token"), "task-moe": ("
 SEEDED = ("dense-active", "token-moe", "task-moe")  # trained once per --seeds entry
 FIRST_SEED_ONLY = ("task-moe-both",)
 ALL_MODELS = ("dense-active", "token-moe", "task-moe", "task-moe-both", "student")
-# (baseline, system) pairs compared by paired bootstrap, seed by seed where both have the seed
-COMPARISONS = [("token-moe", "task-moe"), ("token-moe", "task-moe-both"), ("dense-active", "task-moe"),
-               ("dense-active", "student")]
 
 
 def env_for(threads):
@@ -160,83 +165,24 @@ def evaluate(args, run, ckpts, pairs, lang_pairs, subset):
     return results
 
 
-def same_hypotheses(a, b):
-    pairs = sorted(set(a) & set(b))
-    same = sum(x == y for p in pairs for x, y in zip(a[p]["hypotheses"], b[p]["hypotheses"]))
-    total = sum(len(a[p]["hypotheses"]) for p in pairs)
-    return {"identical": same, "total": total, "exact": same == total and total > 0}
-
-
 def split_size(data, subset, src, tgt):
     from fairseq_taskmoe.evaluate import split_size as size
 
     return size(data, subset, src, tgt)
 
 
-def model_of(run):
-    return run.rsplit(".s", 1)[0]
-
-
-def summarize(scores, pairs):
-    """Per model: seeds, per-direction and average mean / sd over seeds, for BLEU, chrF, chrF++."""
-    by_model = {}
-    for run, res in scores.items():
-        by_model.setdefault(model_of(run), []).append(res)
-    rows = []
-    for model, runs in by_model.items():
-        row = {"model": model, "seeds": len(runs)}
-        for metric in ("bleu", "chrf", "chrf++"):
-            per_seed_avg = [sum(r[p][metric] for p in pairs) / len(pairs) for r in runs]
-            row[f"avg {metric}"], row[f"avg {metric} sd"] = benchlib.mean_sd(per_seed_avg)
-            for pair in pairs:
-                row[f"{pair} {metric}"], row[f"{pair} {metric} sd"] = benchlib.mean_sd(r[pair][metric] for r in runs)
-        rows.append(row)
-    return rows
-
-
-def table_rows(rows, pairs):
-    """Display rows: "mean ± sd" cells (sd only where a model has several seeds): one table of
-    averages (a row per model), one of BLEU per direction (a row per direction)."""
-    def cell(row, key):
-        mean, sd = row[key], row[f"{key} sd"]
-        return f"{mean:.2f} ± {sd:.2f}" if row["seeds"] > 1 else f"{mean:.2f}"
-
-    keys = ["avg bleu", "avg chrf", "avg chrf++"]
-    averages = [{"model": r["model"], "seeds": r["seeds"], **{k: cell(r, k) for k in keys}} for r in rows]
-    per_pair = [{"direction": p, **{r["model"]: cell(r, f"{p} bleu") for r in rows}} for p in pairs]
-    return averages, ["model", "seeds", *keys], per_pair, ["direction", *[r["model"] for r in rows]]
-
-
-def concatenated(res, pairs):
-    """(hypotheses, raw references, target language per segment) over all ``pairs``."""
-    from fairseq_taskmoe.evaluate import read_lines
-
-    hyps, refs, langs = [], [], []
-    for pair in pairs:
-        if res[pair].get("references", "T- lines") == "T- lines":
-            raise ValueError(f"{pair}: scored against T- lines; the bootstrap needs raw references")
-        lines = read_lines(res[pair]["references"])
-        hyps += res[pair]["hypotheses"]
-        refs += lines
-        langs += [pair.split("-")[1]] * len(lines)
-    return hyps, refs, langs
-
-
-def bootstrap(scores, pairs, seeds):
-    """Paired bootstrap (sacrebleu) of each COMPARISONS pair, seed by seed, on the concatenated test sets."""
-    from fairseq_taskmoe.evaluate import paired_bootstrap
-
-    out = []
-    for base, system in COMPARISONS:
-        for seed in seeds:
-            a, b = f"{base}.s{seed}", f"{system}.s{seed}"
-            if a not in scores or b not in scores:
-                continue
-            hyps_a, refs, langs = concatenated(scores[a], pairs)
-            hyps_b, _, _ = concatenated(scores[b], pairs)
-            result = paired_bootstrap(hyps_a, hyps_b, refs, langs, names=(a, b))
-            out.append({"baseline": a, "system": b, **result})
-    return out
+def score_subset(args, subset, models, all_pairs, lang_pairs, seeds):
+    """Score every model on ``subset`` (the directions that have it); print the tables; return
+    (JSON, hypothesis records)."""
+    pairs = [p for p in all_pairs if split_size(args.data, subset, *p.split("-")) is not None]
+    if not pairs:
+        raise SystemExit(f"--subsets {subset}: no direction has a binarized {subset} split in {args.data}")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        scores = dict(zip(models, pool.map(
+            lambda run: evaluate(args, run, models[run], pairs, lang_pairs, subset), models)))
+    sets = quality_report.test_sets(args.data, subset, pairs)
+    report = quality_report.report_subset(subset, scores, sets, pairs, all_pairs, seeds, args.bootstrap_samples)
+    return report, quality_report.records(subset, scores, sets)
 
 
 def count_params(ckpt, top_k):
@@ -251,43 +197,6 @@ def count_params(ckpt, top_k):
     return {"total": total, "active": active}
 
 
-def score_subset(args, subset, models, all_pairs, lang_pairs, seeds):
-    """Score every model on ``subset`` (the directions that have it); print the tables; return JSON."""
-    first = seeds[0]
-    pairs = [p for p in all_pairs if split_size(args.data, subset, *p.split("-")) is not None]
-    if not pairs:
-        raise SystemExit(f"--subsets {subset}: no direction has a binarized {subset} split in {args.data}")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        scores = dict(zip(models, pool.map(
-            lambda run: evaluate(args, run, models[run], pairs, lang_pairs, subset), models)))
-    rows = summarize(scores, pairs)
-    full, extracted = f"task-moe.s{first}", f"task-moe-extracted.s{first}"
-    exact = same_hypotheses(scores[full], scores[extracted]) if extracted in scores else None
-    tests = bootstrap(scores, pairs, seeds)
-    signatures = sorted({f"{m}: {sig}" for res in scores.values() for r in res.values()
-                         for m, sig in r["signatures"].items()})
-    averages, avg_cols, per_pair, pair_cols = table_rows(rows, pairs)
-    print(f"\n== {subset}: mean ± sd over seeds, averaged over {len(pairs)} directions")
-    print(benchlib.table(averages, avg_cols))
-    print(f"\n== {subset}: BLEU per direction, mean ± sd over seeds")
-    print(benchlib.table(per_pair, pair_cols))
-    print()
-    print(benchlib.table([{"A": t["baseline"], "B": t["system"], "BLEU A": t["BLEU"][t["baseline"]],
-                           "BLEU B": t["BLEU"][t["system"]], "p (BLEU)": t["BLEU"]["p_value"],
-                           "chrF A": t["chrF"][t["baseline"]], "chrF B": t["chrF"][t["system"]],
-                           "p (chrF)": t["chrF"]["p_value"]} for t in tests],
-                         ["A", "B", "BLEU A", "BLEU B", "p (BLEU)", "chrF A", "chrF B", "p (chrF)"]))
-    print(f"paired bootstrap: sacrebleu, 1000 resamples, p: H0 = same quality, on the concatenated "
-          f"{subset} sets of {len(pairs)} directions" if tests else "paired bootstrap: no comparable runs")
-    print(f"extracted task-MoE == full task-MoE: {exact}")
-    for sig in signatures:
-        print(f"signature {sig}")
-    return {"pairs": pairs, "pairs_without_split": [p for p in all_pairs if p not in pairs], "rows": rows,
-            "extracted_equals_full": exact, "paired_bootstrap": tests, "signatures": signatures,
-            "scores": {run: {p: {k: v for k, v in r.items() if k != "hypotheses"} for p, r in res.items()}
-                       for run, res in scores.items()}}
-
-
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="binarized data (default: data/loc8; --smoke: a toy corpus)")
@@ -296,7 +205,8 @@ def get_parser():
     p.add_argument("--subsets", default="auto",
                    help="comma-separated splits to score; auto: test, plus test_doc (documentation sentences) "
                         "when the corpus has it; a direction without the split is left out of that split's table")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, scores, quality.json)")
+    p.add_argument("--out", default=None, help="run directory (checkpoints, scores, quality.json); required "
+                   "unless --from-hypotheses")
     p.add_argument("--seeds", default="1,2", help="seeds of dense-active, token-MoE and task-MoE")
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--ffn-dim", type=int, default=256)
@@ -322,7 +232,12 @@ def get_parser():
     p.add_argument("--distill-beam", type=int, default=4)
     p.add_argument("--jobs", type=int, default=1, help="trainings / evaluations run side by side")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every fairseq subprocess")
-    p.add_argument("--json", default=None, help="default: OUT/quality.json")
+    p.add_argument("--json", default=None, help="default: OUT/quality.json (hypotheses: beside it, "
+                   "*.hyps.jsonl.gz)")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples of each paired bootstrap")
+    p.add_argument("--from-hypotheses", default=None, metavar="HYPS_JSONL_GZ",
+                   help="recompute the tables and statistics from saved hypotheses (no training or decoding); "
+                        "writes --json (default: beside the file, *.recomputed.json)")
     p.add_argument("--models", default=",".join(ALL_MODELS),
                    help="comma-separated subset of: " + ", ".join(ALL_MODELS) + " (student needs token-moe; "
                         "the extracts come with task-moe)")
@@ -363,8 +278,26 @@ def resolve(args):
     return seeds, pairs, subsets
 
 
+def recompute(args):
+    path = Path(args.from_hypotheses)
+    if not path.is_file():
+        raise SystemExit(f"--from-hypotheses {path}: no such file (quality.py writes OUT/quality.hyps.jsonl.gz)")
+    result = {"bench": "quality", "recomputed_from": str(path), "env": benchlib.environment(),
+              "subsets": quality_report.recompute(path, args.bootstrap_samples)}
+    default = path.with_name(path.name.replace(".hyps.jsonl.gz", "") + ".recomputed.json")
+    out = benchlib.write_json(result, args.json or default)
+    print(f"wrote {out}")
+    return result
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.bootstrap_samples < 1:
+        raise SystemExit(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")
+    if args.from_hypotheses:
+        return recompute(args)
+    if not args.out:
+        raise SystemExit("--out is required (the run directory), unless --from-hypotheses")
     t_start = time.time()
     seeds, pairs, subsets = resolve(args)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # fairseq_taskmoe.evaluate's fairseq-generate
@@ -398,11 +331,18 @@ def main(argv=None):
                             for lang, c in extracted.items()}},
               "distill_sample": json.loads((Path(student_data) / "sample.json").read_text())
               if student_data and (Path(student_data) / "sample.json").is_file() else None}
+    from fairseq_taskmoe.scoring.records import records_path, write_records
+
+    all_records = []
     for subset in subsets:
-        result["subsets"][subset] = score_subset(args, subset, models, pairs, lang_pairs, seeds)
+        result["subsets"][subset], subset_records = score_subset(args, subset, models, pairs, lang_pairs, seeds)
+        all_records += subset_records
     result["seconds"] = round(time.time() - t_start)
-    out = benchlib.write_json(result, args.json or Path(args.out) / "quality.json")
-    print(f"wrote {out}")
+    json_path = Path(args.json or Path(args.out) / "quality.json")
+    hyps = write_records(records_path(json_path), all_records)
+    result["hypotheses_file"] = hyps.name  # beside the JSON
+    out = benchlib.write_json(result, json_path)
+    print(f"wrote {out} and {hyps} (per-sentence hypotheses; --from-hypotheses recomputes every table)")
     return result
 
 

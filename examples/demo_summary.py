@@ -1,8 +1,26 @@
-"""Print the demo's side-by-side: full vs extracted BLEU, and the size reduction."""
+"""Print the demo's side-by-side: full vs extracted BLEU, the size reduction, and the share of
+looping hypotheses per direction (fairseq_taskmoe.scoring.loops: a token 3-gram 3+ times, or a
+token 4 times in a row; characters for ja/zh)."""
 
 import json
 import sys
 from pathlib import Path
+
+from fairseq_taskmoe.scoring.loops import loop_shares
+
+
+def print_loops(results, title):
+    shares = loop_shares({pair: r["hypotheses"] for pair, r in results["pairs"].items()})
+    print(f"\n{title}")
+    print(f"{'direction':<14}{'BLEU':>7}{'loops':>10}{'share':>8}")
+    for pair, row in shares["pairs"].items():
+        print(f"{pair:<14}{results['pairs'][pair]['bleu']:>7.2f}{row['loops']:>5}/{row['sentences']:<4}"
+              f"{100 * row['share']:>7.1f}%")
+    for group in ("out-of-English", "into-English", "all"):
+        if group in shares:
+            row = shares[group]
+            print(f"{group:<21}{row['loops']:>5}/{row['sentences']:<4}{100 * row['share']:>7.1f}%")
+    return shares
 
 out, pair = Path(sys.argv[1]), sys.argv[2]
 subset = sys.argv[3] if len(sys.argv) > 3 else "test"
@@ -22,10 +40,14 @@ print(f"size: {card['params_after']['total'] / card['params_before']['total']:.1
 n_sent = sum(len(p["hypotheses"]) for p in full["pairs"].values())
 print(f"average over all {len(full['pairs'])} directions on {subset} ({n_sent} sentences, full model): "
       f"BLEU {full['avg_bleu']:.2f}, chrF {full['avg_chrf']:.2f}")
+shares = print_loops(full, f"hypotheses that loop, per direction ({subset}, full model, unfiltered):")
+print(f"loop share: {100 * shares['all']['share']:.1f}% of {shares['all']['sentences']} hypotheses")
 doc = out / "scores_full_doc.json"
 if doc.exists():
     d = json.loads(doc.read_text())
     n_doc = sum(len(p["hypotheses"]) for p in d["pairs"].values())
     print(f"documentation sentences ({n_doc}, full model): BLEU {d['avg_bleu']:.2f}, chrF {d['avg_chrf']:.2f}")
+    doc_shares = print_loops(d, "documentation sentences, hypotheses that loop:")
+    print(f"loop share (documentation sentences): {100 * doc_shares['all']['share']:.1f}%")
 if not same:
     sys.exit("extracted model's output differs from the full model's")

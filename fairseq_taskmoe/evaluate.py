@@ -21,8 +21,14 @@ stock ``translation_multi_simple_epoch`` included). Every pair's output is
 checked against the number of sentences in the binarized split and in the raw
 reference file.
 
-:func:`paired_bootstrap` is sacrebleu's paired bootstrap resampling, for any
-"system A vs system B" claim (bench/quality.py uses it).
+Each direction's result also counts its looping hypotheses (``loops``,
+``fairseq_taskmoe.scoring.loops``).
+
+Statistics for "system A vs system B" claims live in ``fairseq_taskmoe.scoring`` and are
+re-exported here: :func:`paired_bootstrap_resample` (paired bootstrap over clusters of
+segments that share an English string, or over segments; bench/quality.py uses both),
+:func:`cluster_keys`, :func:`seed_level_test` / :func:`claim_label`, :func:`has_loop`. The
+older :func:`paired_bootstrap` is sacrebleu's own segment bootstrap of a concatenation.
 """
 
 import argparse
@@ -35,6 +41,11 @@ import time
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
+
+from fairseq_taskmoe.scoring.bootstrap import paired_bootstrap_resample  # noqa: F401  (re-exported)
+from fairseq_taskmoe.scoring.clusters import cluster_keys  # noqa: F401
+from fairseq_taskmoe.scoring.loops import has_loop, loop_count
+from fairseq_taskmoe.scoring.seeds import claim_label, seed_level_test  # noqa: F401
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 PLUGIN_TASK = "translation_multi_simple_epoch_taskmoe"
@@ -183,10 +194,10 @@ def evaluate(ckpt, data, pairs, lang_pairs=None, user_dir=PLUGIN_DIR, task=PLUGI
         if len(refs) != len(hyps):  # belt and braces: check_inputs compared the counts already
             raise RuntimeError(f"{len(hyps)} hypotheses but {len(refs)} references for {pair}")
         results[pair] = {**score(hyps, refs, tgt), "references": str(ref_file) if ref_file else "T- lines",
-                         "seconds": round(secs, 1), "hypotheses": hyps}
+                         "seconds": round(secs, 1), "loops": loop_count(hyps, tgt), "hypotheses": hyps}
         r = results[pair]
         log(f"{pair:>12}  BLEU {r['bleu']:6.2f}  chrF {r['chrf']:6.2f}  chrF++ {r['chrf++']:6.2f}  "
-            f"({len(hyps)} sentences, {secs:.0f}s)")
+            f"loops {r['loops']}/{len(hyps)}  ({len(hyps)} sentences, {secs:.0f}s)")
     return results
 
 
@@ -289,6 +300,13 @@ def get_parser():
     p.add_argument("--task", default=PLUGIN_TASK)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--subset", default="test")
+    # fairseq-generate's own decoding options, passed through (its defaults for the first)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="forbid repeating any n-gram of this size in a hypothesis (0: off). fairseq 0.12's CPU "
+                        "path ignores it (it checks the padded end of the token buffer; fairseq issue #5206): "
+                        "on CPU the output does not change")
+    p.add_argument("--max-len-a", type=float, default=1.2, help="hypothesis length <= a * source length + b")
+    p.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a")
     p.add_argument("--references", default="raw", choices=REFERENCE_CHOICES,
                    help="raw: the data dir's raw/ text (standard); generate: fairseq's T- lines")
     p.add_argument("--json", default=None, help="write results here")
@@ -306,6 +324,11 @@ def main(argv=None):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     if args.beam < 1:
         raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    if args.no_repeat_ngram_size < 0 or args.max_len_a < 0 or args.max_len_b < 1:
+        raise ValueError(f"--no-repeat-ngram-size must be >= 0, --max-len-a >= 0 and --max-len-b >= 1; got "
+                         f"{args.no_repeat_ngram_size}, {args.max_len_a}, {args.max_len_b}")
+    extra = ["--no-repeat-ngram-size", str(args.no_repeat_ngram_size), "--max-len-a", str(args.max_len_a),
+             "--max-len-b", str(args.max_len_b)]  # after generate()'s defaults: the last one wins
     if args.json:
         writable_target(args.json)
     lang_pairs = args.lang_pairs or checkpoint_lang_pairs(args.checkpoint)
@@ -315,11 +338,13 @@ def main(argv=None):
           flush=True)
     try:
         results = evaluate(args.checkpoint, args.data, pairs, lang_pairs, args.user_dir, args.task, args.beam,
-                           args.subset, log=lambda s: print(s, flush=True), references=args.references)
+                           args.subset, extra=extra, log=lambda s: print(s, flush=True), references=args.references)
     except RuntimeError as err:  # fairseq-generate failed or fell short: its last words, one line
         lines = [line for line in str(err).splitlines() if line.strip()]
         raise ValueError(lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")) from err
     out = {"checkpoint": args.checkpoint, "lang_pairs": lang_pairs, "references": args.references,
+           "decoding": {"beam": args.beam, "no_repeat_ngram_size": args.no_repeat_ngram_size,
+                        "max_len_a": args.max_len_a, "max_len_b": args.max_len_b},
            "signatures": signatures(results), "pairs": results, **summary(results)}
     print(f"{'average':>12}  BLEU {out['avg_bleu']:6.2f}  chrF {out['avg_chrf']:6.2f}  "
           f"chrF++ {out['avg_chrfpp']:6.2f}")

@@ -221,3 +221,26 @@ def test_paired_bootstrap_identical_better_and_per_language_tokenization():
     assert mixed["BLEU"]["b"] == round(BLEU(tokenize="char").corpus_score(ja_hyp, [ja_refs]).score, 2)
     with pytest.raises(ValueError, match="equal, non-zero lengths"):
         evaluate.paired_bootstrap(bad, refs[:-1], refs, langs)
+
+
+def test_evaluate_counts_looping_hypotheses(scored_data, monkeypatch):
+    data, raw_refs, t_lines = scored_data
+    hyps = ["Sie Sie Sie Sie eine"] * 3 + raw_refs[3:]  # three loops, the rest the references
+    monkeypatch.setattr(evaluate.subprocess, "run", fake_run([], hyps=hyps, refs=t_lines))
+    result = evaluate.evaluate("ckpt.pt", data, ["en-de"], log=lambda s: None)["en-de"]
+    assert result["loops"] == 3 and evaluate.has_loop(hyps[0], "de")
+
+
+def test_main_passes_decoding_options_to_fairseq_generate(scored_data, tmp_path, monkeypatch):
+    data, raw_refs, t_lines = scored_data
+    ckpt = fake_checkpoint(tmp_path / "model.pt", {"lang_pairs": LANG_PAIRS})
+    calls = []
+    monkeypatch.setattr(evaluate.subprocess, "run", fake_run(calls, hyps=raw_refs, refs=t_lines))
+    out = evaluate.main([str(ckpt), "--data", str(data), "--pairs", "en-de", "--no-repeat-ngram-size", "3",
+                         "--max-len-b", "5"])
+    cmd = calls[0]
+    last = lambda flag: cmd[len(cmd) - 1 - cmd[::-1].index(flag) + 1]  # noqa: E731  argparse: the last one wins
+    assert last("--no-repeat-ngram-size") == "3" and last("--max-len-b") == "5" and last("--max-len-a") == "1.2"
+    assert out["decoding"] == {"beam": 4, "no_repeat_ngram_size": 3, "max_len_a": 1.2, "max_len_b": 5}
+    with pytest.raises(ValueError, match="--no-repeat-ngram-size must be >= 0"):
+        evaluate.main([str(ckpt), "--data", str(data), "--pairs", "en-de", "--no-repeat-ngram-size", "-1"])

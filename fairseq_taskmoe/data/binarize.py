@@ -7,6 +7,7 @@ Layout written to ``out``::
     {split}.en-xx.{en,xx}.{bin,idx}      one binarised pair per language; fairseq's
                                          MultilingualDatasetManager also reads it for xx-en
     raw/{split}.en-xx.{en,xx}            detokenised text of every split but train, for BLEU
+    raw/{split}.en-xx.cluster            the English side's cluster key per line (split.cluster_key)
 
 Splits are train, valid, test, and with documentation sources valid_doc, test_doc.
 """
@@ -16,6 +17,8 @@ import os
 import random
 import shutil
 from pathlib import Path
+
+from .split import cluster_key
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,8 @@ def binarize(splits_by_lang, out, vocab_size, workers=1, progress=None):
                 _write_lines(os.path.join(tok_dir, "%s.%s.%s" % (split, pair, side)), (" ".join(p) for p in pieces))
                 if split != "train":
                     _write_lines(os.path.join(raw_dir, "%s.%s.%s" % (split, pair, side)), texts)
+                    if side == SRC:  # the bootstrap's clusters: segments sharing an English string
+                        _write_lines(os.path.join(raw_dir, "%s.%s.cluster" % (split, pair)), map(cluster_key, texts))
             prefixes[split] = os.path.join(tok_dir, "%s.%s" % (split, pair))
         _run_preprocess(SRC, lang, prefixes, dict_path, out, workers)
     shutil.copyfile(dict_path, os.path.join(out, "dict.%s.txt" % SRC))

@@ -27,6 +27,20 @@ def _hash(key, salt):
     return int(hashlib.sha1((salt + key).encode("utf-8")).hexdigest()[:12], 16)
 
 
+def cluster_key(src):
+    """The evaluation cluster of an English string: 12 hex digits of a hash of its normalised form.
+
+    Every evaluation segment whose English side (the source of en->xx, the reference of xx->en)
+    normalises to the same key belongs to one cluster, across all languages: the split is a
+    function of that key, so an English string is tested in every language that has it, and its
+    segments are correlated. A bootstrap resamples clusters, not segments
+    (fairseq_taskmoe.stats.bootstrap). Written next to each evaluation split as
+    ``raw/{split}.en-xx.cluster`` (binarize.py); derivable from ``raw/{split}.en-xx.en`` for
+    corpora built before the file existed.
+    """
+    return "%012x" % _hash(source_key(src), "cluster:")
+
+
 def assign_split(src, valid_percent, test_percent):
     """'valid', 'test' or 'train' from 10,000 hash buckets of the normalised English source."""
     bucket = _hash(source_key(src), "split:") % 10000

@@ -191,3 +191,44 @@ def test_bench_quality_resumes_from_its_outputs(quality, capsys):
     assert "starting" not in printed and "resuming" not in printed and printed.count("train ") == 8
     assert printed.count("translating") == 1 and "[task-moe.s2 test 2/2] [1/1] de-en: translating" in printed
     assert after["rows"] == before["rows"] and after["paired_bootstrap"] == before["paired_bootstrap"]
+
+
+def test_bench_quality_claims_carry_cluster_segment_and_seed_level_tests(quality):
+    """Every B-vs-A claim: per seed a cluster and a segment bootstrap of the average BLEU over
+    directions, the seed-level test over their differences, and a label from the documented rule."""
+    from fairseq_taskmoe.scoring.seeds import claim_label
+
+    test = json.loads((quality / "quality.json").read_text())["subsets"]["test"]
+    claims = {(c["baseline"], c["system"]): c for c in test["claims"]}
+    assert {("token-moe", "task-moe"), ("dense-active", "task-moe"), ("token-moe", "task-moe-both")} <= set(claims)
+    c = claims[("token-moe", "task-moe")]
+    assert [s["seed"] for s in c["per_seed"]] == [1, 2] and c["seed_level"]["bleu"]["seeds"] == 2
+    rows = {r["model"]: r for r in test["rows"]}
+    for s in c["per_seed"]:
+        cluster, segment = s["cluster"], s["segment"]
+        assert cluster["resampled"]["unit"] == "cluster" and segment["resampled"]["unit"] == "segment"
+        assert cluster["resampled"]["segments"] == segment["resampled"]["units"] == 26
+        assert cluster["resampled"]["units"] == 13  # one English string per en-de / de-en segment pair
+        assert cluster["bleu"]["diff"] == segment["bleu"]["diff"]
+        # the statistic is the table's: BLEU averaged over the two directions
+        runs = test["scores"]
+        mean = lambda run: sum(runs[run][p]["bleu"] for p in ("en-de", "de-en")) / 2  # noqa: E731
+        assert cluster["bleu"]["a"] == pytest.approx(mean(f"token-moe.s{s['seed']}"), abs=0.01)
+        assert 0 < cluster["bleu"]["p_value"] <= 1
+    assert c["seed_level"]["bleu"]["diffs"] == [s["cluster"]["bleu"]["diff"] for s in c["per_seed"]]
+    assert c["seed_level"]["bleu"]["min_p_value"] == 0.5
+    assert c["label"] == claim_label(c["seed_level"]["bleu"], [s["cluster"]["bleu"]["p_value"] for s in c["per_seed"]])
+    assert test["clusters"] == {"count": 13, "keys": ["derived"]}  # the toy corpus has no .cluster files
+    assert set(test["loops"]["task-moe.s1"]) == {"pairs", "out-of-English", "into-English", "all"}
+    assert all(0 <= r["loops %"] <= 100 for r in rows.values())
+
+
+def test_bench_quality_recomputes_its_tables_from_the_saved_hypotheses(quality, tmp_path):
+    saved = json.loads((quality / "quality.json").read_text())
+    hyps = quality / saved["hypotheses_file"]
+    assert hyps.name == "quality.hyps.jsonl.gz"
+    again = load_script("quality").main(["--from-hypotheses", str(hyps), "--json", str(tmp_path / "r.json")])
+    before, after = saved["subsets"]["test"], again["subsets"]["test"]
+    assert after["rows"] == before["rows"] and after["claims"] == before["claims"]
+    assert after["paired_bootstrap"] == before["paired_bootstrap"]
+    assert json.loads((tmp_path / "r.json").read_text())["recomputed_from"] == str(hyps)
