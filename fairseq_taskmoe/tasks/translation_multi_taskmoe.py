@@ -33,6 +33,7 @@ from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
 from fairseq_taskmoe.moe.router import Router
 from fairseq_taskmoe.parallel.scaler import install_expert_parallel_scaler
 from fairseq_taskmoe.tasks.checkpoint_flags import check_decoding_command_line
+from fairseq_taskmoe.tasks.ngram_block import fix_ngram_blocker
 from fairseq_taskmoe.tasks.task_id_dataset import TaskIdDataset
 
 logger = logging.getLogger(__name__)
@@ -331,7 +332,8 @@ class TranslationMultiSimpleEpochTaskMoE(TranslationMultiSimpleEpochTask):
             if tgt_spec:
                 tok = self.data_manager.get_decoder_langtok(self.args.target_lang, tgt_spec)
                 extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, symbols_to_strip_from_output={tok})
-        return FairseqTask.build_generator(self, models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+        generator = FairseqTask.build_generator(self, models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+        return fix_ngram_blocker(generator)  # --no-repeat-ngram-size is a no-op on CPU otherwise
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         plugin = [isinstance(m, TransformerTaskMoEModel) for m in models]
