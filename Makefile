@@ -28,7 +28,8 @@ test: $(STAMP)
 	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # Knobs (make exports command-line variables to the script): MAX_UPDATE (800), EVAL_N (100 test
-# sentences per direction; 0 = whole splits), DATA, OUT, LR, WARMUP, ENC_ROUTING, DEC_ROUTING, BEAM.
+# sentences per direction; 0 = whole splits), DATA, OUT, LR, WARMUP, ENC_ROUTING, DEC_ROUTING, BEAM,
+# NO_REPEAT_NGRAM (3; 0 = off).
 # The full-size run (the old demo's 4.8M training tokens): make demo MAX_UPDATE=2400 EVAL_N=0 OUT=demo-full
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh

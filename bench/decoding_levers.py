@@ -5,8 +5,9 @@
 
 Each lever decodes every direction with fairseq-generate through fairseq_taskmoe.evaluate (beam 4,
 raw references) and counts looping hypotheses (fairseq_taskmoe.scoring.loops). Levers:
-``--no-repeat-ngram-size N`` (fairseq forbids any repeated n-gram of N target pieces; its
-CPU path is broken in fairseq 0.12, issue #5206, so on CPU it changes nothing) and tighter
+``--no-repeat-ngram-size N`` (fairseq forbids any repeated n-gram of N target pieces; fairseq
+0.12's own CPU path bans nothing, issue #5206, and the plugin task's generator fixes it:
+tasks/ngram_block.py) and tighter
 length limits (``--max-len-a``/``--max-len-b``; the default is 1.2 * source + 10). With
 ``--ct2 DIR`` (a CTranslate2 export, e.g. the demo's ``demo/ct2-en-de``) the same options are
 measured in CTranslate2 on that pair (``no_repeat_ngram_size``, ``max_decoding_length``).

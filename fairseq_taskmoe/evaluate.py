@@ -42,6 +42,7 @@ from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
 
+from fairseq_taskmoe.checkpoints.cli import HelpFormatter, add_verbose, split_list
 from fairseq_taskmoe.scoring.bootstrap import paired_bootstrap_resample  # noqa: F401  (re-exported)
 from fairseq_taskmoe.scoring.clusters import cluster_keys  # noqa: F401
 from fairseq_taskmoe.scoring.loops import has_loop, loop_count
@@ -62,9 +63,10 @@ def bleu_tokenizer(lang: str) -> str:
 
 def parse_pairs(text: str, flag: str = "--pairs"):
     """["en-de", ...] from "en-de,de-en"; ValueError naming ``flag`` otherwise."""
-    pairs = [p.strip() for p in str(text).split(",") if p.strip()]
+    pairs = split_list(text)  # commas, spaces or both, as every CLI of the plugin takes lists
     if not pairs:
-        raise ValueError(f"{flag} {text!r} names no language pair; expected e.g. en-de,de-en")
+        given = " ".join(text) if isinstance(text, (list, tuple)) else str(text)
+        raise ValueError(f"{flag} {given!r} names no language pair; expected e.g. en-de,de-en")
     for pair in pairs:
         parts = pair.split("-")
         if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
@@ -290,26 +292,29 @@ def writable_target(path, flag="--json"):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="fairseq-taskmoe-evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint")
+    p = argparse.ArgumentParser(prog="fairseq-taskmoe-evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint fairseq-generate decodes (full model or extract)")
     p.add_argument("--data", required=True, help="binarized data dir (dict.*.txt, raw/ references)")
-    p.add_argument("--pairs", required=True, help="comma-separated pairs to score, e.g. en-de,de-en")
+    p.add_argument("--pairs", required=True, nargs="+", metavar="SRC-TGT",
+                   help="pairs to score, commas or spaces: en-de,de-en or en-de de-en")
     p.add_argument("--lang-pairs", default=None,
                    help="the model's --lang-pairs (default: read from the checkpoint)")
-    p.add_argument("--user-dir", default=str(PLUGIN_DIR), help="default: the installed fairseq_taskmoe")
-    p.add_argument("--task", default=PLUGIN_TASK)
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--subset", default="test")
+    p.add_argument("--user-dir", default=str(PLUGIN_DIR), help="fairseq --user-dir (the installed fairseq_taskmoe)")
+    p.add_argument("--task", default=PLUGIN_TASK, help="fairseq task to decode with")
+    p.add_argument("--beam", type=int, default=4, help="beam size")
+    p.add_argument("--subset", default="test", help="data split to score (fairseq --gen-subset)")
     # fairseq-generate's own decoding options, passed through (its defaults for the first)
     p.add_argument("--no-repeat-ngram-size", type=int, default=0,
-                   help="forbid repeating any n-gram of this size in a hypothesis (0: off). fairseq 0.12's CPU "
-                        "path ignores it (it checks the padded end of the token buffer; fairseq issue #5206): "
-                        "on CPU the output does not change")
+                   help="forbid repeating any n-gram of this size in a hypothesis (0: off). Works on CPU "
+                        "through the plugin task (fairseq 0.12's own CPU blocker bans nothing, fairseq "
+                        "issue #5206; tasks/ngram_block.py); with --task other than the plugin's it stays a no-op")
     p.add_argument("--max-len-a", type=float, default=1.2, help="hypothesis length <= a * source length + b")
     p.add_argument("--max-len-b", type=int, default=10, help="see --max-len-a")
     p.add_argument("--references", default="raw", choices=REFERENCE_CHOICES,
                    help="raw: the data dir's raw/ text (standard); generate: fairseq's T- lines")
     p.add_argument("--json", default=None, help="write results here")
+    add_verbose(p)
     return p
 
 
