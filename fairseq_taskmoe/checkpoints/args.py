@@ -67,3 +67,25 @@ def sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def restore_checkpoint_path(args):
+    """The checkpoint fairseq-train will load into the model it builds, or None.
+
+    fairseq-train builds the model from the command line and only then loads a
+    checkpoint's weights (``checkpoint_utils.load_checkpoint``): the model args,
+    ``--moe-task-names`` included, are never read back from the checkpoint, for
+    a resume (``<save-dir>/checkpoint_last.pt``), ``--restore-file``,
+    ``--continue-once`` or ``--finetune-from-model`` alike. This mirrors that
+    function's choice of file so the task can read the gate's task order first.
+    """
+    save_dir, restore = getattr(args, "save_dir", None), getattr(args, "restore_file", None)
+    if save_dir is None or restore is None:
+        return None
+    suffix = getattr(args, "checkpoint_suffix", None) or ""
+    if restore != "checkpoint_last.pt":
+        return restore.replace(".pt", suffix + ".pt")
+    last = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
+    if os.path.isfile(last):
+        return last
+    return getattr(args, "continue_once", None) or getattr(args, "finetune_from_model", None)

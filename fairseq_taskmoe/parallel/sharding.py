@@ -25,6 +25,7 @@ import socket
 
 import torch.distributed as dist
 
+from fairseq_taskmoe.checkpoints.args import restore_checkpoint_path
 from fairseq_taskmoe.checkpoints.shards import ShardReader, resolve_shard_dir
 from fairseq_taskmoe.moe.experts import StackedExperts
 from fairseq_taskmoe.parallel.all_to_all import ExpertParallelRun
@@ -190,33 +191,33 @@ class ExpertParallelPlan:
         return self.gathered.pop(self.name_of(p), None)
 
 
-def restore_path(args):
-    """The file fairseq-train resumes from (``checkpoint_utils.load_checkpoint``'s choice),
-    or None when ``args`` are not training args."""
-    restore = getattr(args, "restore_file", None)
-    if restore is None or getattr(args, "save_dir", None) is None:
-        return None
-    return os.path.join(args.save_dir, "checkpoint_last.pt") if restore == "checkpoint_last.pt" else restore
-
-
 def check_same_restore_point(args, rank: int):
     """Collective: refuse when some ranks would resume and others start from scratch.
 
     With a node-local --save-dir, fairseq-train on a node that lacks the checkpoint logs
-    "No existing checkpoint found" and trains from scratch while the other nodes resume:
-    the replicated params differ between ranks from the first step on, and nothing fails.
-    Every rank says whether its restore file exists; all must agree."""
-    path = restore_path(args)
-    if path is None:
-        return
+    "No existing checkpoint found" and trains from scratch (or from --finetune-from-model)
+    while the other nodes resume: the replicated params differ between ranks from the first
+    step on, and nothing fails. Every rank says which file it would load
+    (``restore_checkpoint_path``, fairseq's own choice); all must agree."""
+    if getattr(args, "restore_file", None) is None or getattr(args, "save_dir", None) is None:
+        return  # not fairseq-train's args
+    path = restore_checkpoint_path(args)
+    loads = os.path.basename(path) if path and os.path.isfile(path) else None
     found = [None] * dist.get_world_size()
-    dist.all_gather_object(found, (rank, socket.gethostname(), os.path.isfile(path)))
-    if len({has for _, _, has in found}) > 1:
-        missing = ", ".join(f"rank {r} ({host})" for r, host, has in found if not has)
-        raise ValueError(f"expert parallel: {path} exists on some ranks but not on {missing}: those "
-                         "ranks would train from scratch while the others resume. Copy the checkpoint "
-                         "file (and the expert shard files it names, docs/PARALLEL.md) to every "
-                         "node's --save-dir, or pass the same --restore-file everywhere")
+    dist.all_gather_object(found, (rank, socket.gethostname(), loads))
+    if len({what for _, _, what in found}) == 1:
+        return
+    scratch = [f"rank {r} ({host})" for r, host, what in found if what is None]
+    loaded = sorted({what for _, _, what in found if what is not None})
+    if scratch:
+        problem = (f"{' / '.join(loaded)} exists on some ranks but not on {', '.join(scratch)}: those "
+                   "ranks would train from scratch while the others resume")
+    else:
+        problem = "the ranks would resume from different checkpoints (" + "; ".join(
+            f"rank {r} ({host}): {what}" for r, host, what in found) + ")"
+    raise ValueError(f"expert parallel: {problem}. Copy the checkpoint file (and the expert shard "
+                     "files it names, docs/PARALLEL.md) to every node's --save-dir, or pass the same "
+                     "--restore-file everywhere")
 
 
 def expert_parallel_from_args(args=None, task=None) -> ExpertParallelPlan:

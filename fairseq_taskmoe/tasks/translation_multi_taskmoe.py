@@ -27,6 +27,7 @@ from fairseq.data.multilingual.sampled_multi_dataset import CollateFormat, Sampl
 from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation_multi_simple_epoch import TranslationMultiSimpleEpochTask
 
+from fairseq_taskmoe.checkpoints.args import restore_checkpoint_path
 from fairseq_taskmoe.checkpoints.cli import UsageError
 from fairseq_taskmoe.config import TASK_BY_CHOICES, moe_config_from_args, split_task_names, validate_training
 from fairseq_taskmoe.models.transformer_taskmoe import TransformerTaskMoEModel
@@ -57,28 +58,6 @@ def task_names_for_pairs(task_by: str, lang_pairs) -> list:
         src, tgt = pair.split("-")
         names.add(task_key(task_by, src, tgt))
     return sorted(names)
-
-
-def restore_checkpoint_path(args):
-    """The checkpoint fairseq-train will load into the model it builds, or None.
-
-    fairseq-train builds the model from the command line and only then loads a
-    checkpoint's weights (``checkpoint_utils.load_checkpoint``): the model args,
-    ``--moe-task-names`` included, are never read back from the checkpoint, for
-    a resume (``<save-dir>/checkpoint_last.pt``), ``--restore-file``,
-    ``--continue-once`` or ``--finetune-from-model`` alike. This mirrors that
-    function's choice of file so the task can read the gate's task order first.
-    """
-    save_dir, restore = getattr(args, "save_dir", None), getattr(args, "restore_file", None)
-    if save_dir is None or restore is None:
-        return None
-    suffix = getattr(args, "checkpoint_suffix", None) or ""
-    if restore != "checkpoint_last.pt":
-        return restore.replace(".pt", suffix + ".pt")
-    last = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
-    if os.path.isfile(last):
-        return last
-    return getattr(args, "continue_once", None) or getattr(args, "finetune_from_model", None)
 
 
 def check_restore_file(args):

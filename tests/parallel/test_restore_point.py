@@ -8,7 +8,8 @@ import json
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fairseq_taskmoe.parallel.sharding import expert_parallel_from_args, restore_path
+from fairseq_taskmoe.checkpoints.args import restore_checkpoint_path
+from fairseq_taskmoe.parallel.sharding import expert_parallel_from_args
 from parallel import ep_harness as H
 
 
@@ -48,7 +49,10 @@ def test_ranks_must_agree_on_the_restore_point(tmp_path):
     assert [r["True"] for r in results] == ["ok world 2", "ok world 2"]
 
 
-def test_restore_path_follows_fairseq():
-    assert restore_path(_args("/s")) == "/s/checkpoint_last.pt"
-    assert restore_path(_args("/s", "/x/ckpt.pt")) == "/x/ckpt.pt"
-    assert restore_path(argparse.Namespace(path="m.pt")) is None  # generate: not training args
+def test_restore_point_is_the_file_fairseq_would_load(tmp_path):
+    """What each rank reports: fairseq's own choice (checkpoints.args.restore_checkpoint_path)."""
+    assert restore_checkpoint_path(_args(tmp_path)) is None  # first launch: from scratch
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"x")
+    assert restore_checkpoint_path(_args(tmp_path)) == str(tmp_path / "checkpoint_last.pt")
+    assert restore_checkpoint_path(_args(tmp_path, "/x/ckpt.pt")) == "/x/ckpt.pt"
+    assert restore_checkpoint_path(argparse.Namespace(path="m.pt")) is None  # generate: not training args
