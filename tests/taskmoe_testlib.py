@@ -90,6 +90,16 @@ def run_cli(name, args, cwd=None, input_text=None, timeout=600, env_extra=None):
     return proc
 
 
+def hypotheses(stdout):
+    """{sentence id: (hypothesis text, score)} from fairseq-generate's H- lines."""
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("H-"):
+            sid, score, text = line.split("\t")
+            out[sid] = (text, float(score))
+    return out
+
+
 def multilingual_task_args(data, lang_pairs=LANG_PAIRS, task="translation_multi_simple_epoch_taskmoe"):
     return [data, "--user-dir", PLUGIN_DIR, "--task", task,
             "--lang-pairs", lang_pairs, "--encoder-langtok", "src", "--decoder-langtok"]

@@ -34,13 +34,3 @@ def decoder_logits(model, net_input, task_ids=None):
         inputs["task_ids"] = torch.full_like(net_input["task_ids"], task_ids)
     with torch.no_grad():
         return model(**inputs)[0]
-
-
-def hypotheses(stdout):
-    """{sentence id: (hypothesis text, score)} from fairseq-generate's H- lines."""
-    out = {}
-    for line in stdout.splitlines():
-        if line.startswith("H-"):
-            sid, score, text = line.split("\t")
-            out[sid] = (text, float(score))
-    return out

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from extract_testlib import decoder_logits, hypotheses, load, pair_batches
+from extract_testlib import decoder_logits, load, pair_batches
+from taskmoe_testlib import hypotheses
 from fairseq_taskmoe.extract import extract
 from taskmoe_testlib import LANG_PAIRS, N_EVAL, PLUGIN_DIR, run_cli
 

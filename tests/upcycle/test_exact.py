@@ -18,7 +18,8 @@ import torch
 
 from fairseq_taskmoe.upcycle import UpcycleOptions, upcycle
 from taskmoe_testlib import PLUGIN_DIR, run_cli
-from upcycle_testlib import ATOL, ML_PAIRS, hypotheses, max_logprob_diff
+from taskmoe_testlib import hypotheses
+from upcycle_testlib import ATOL, ML_PAIRS, max_logprob_diff
 
 GRID = [(norm, routing, k) for norm in ("post", "pre") for routing in ("task", "sentence", "token")
         for k in (1, 2)]

@@ -43,13 +43,3 @@ def max_logprob_diff(dense_path, upcycled_path, data, pair):
         worst, tokens = max(worst, float(diff.max())), tokens + int(real.sum())
     assert tokens > 0
     return worst
-
-
-def hypotheses(stdout):
-    """{sentence id: (hypothesis text, score)} from fairseq-generate's H- lines."""
-    out = {}
-    for line in stdout.splitlines():
-        if line.startswith("H-"):
-            sid, score, text = line.split("\t")
-            out[sid] = (text, float(score))
-    return out
