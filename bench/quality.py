@@ -16,8 +16,8 @@ Models (the same --max-update, --max-tokens, optimizer and schedule for all):
 - ``task-moe-extracted``: each target language's sub-network of the task-MoE (first seed),
   ``fairseq-taskmoe-extract --target-langs X``; its hypotheses must equal the full model's.
 
-``--seeds`` (default 1,2) trains dense-active, token-MoE and task-MoE once per
-seed; the others use the first seed. Scoring: fairseq_taskmoe.evaluate (beam 4,
+``--seeds`` (default 1,2) trains dense-active, token-MoE and both task-MoEs once per
+seed; the student and the extract use the first seed. Scoring: fairseq_taskmoe.evaluate (beam 4,
 raw reference text, BLEU / chrF / chrF++ with signatures) per direction and
 ``--subsets``; the table gives mean and spread (sample sd) over seeds, per
 direction and averaged over directions, with the share of looping hypotheses.
@@ -59,8 +59,8 @@ TEACHER = "token-moe"
 # model -> (encoder routing, decoder routing); None: dense-active (FFN k*F at the MoE positions)
 ROUTING = {"dense-active": None, "token-moe": ("token", "token"), "task-moe": ("token", "task"),
            "task-moe-both": ("task", "task"), "student": None}
-SEEDED = ("dense-active", "token-moe", "task-moe")  # trained once per --seeds entry
-FIRST_SEED_ONLY = ("task-moe-both",)
+SEEDED = ("dense-active", "token-moe", "task-moe", "task-moe-both")  # trained once per --seeds entry
+FIRST_SEED_ONLY = ()
 ALL_MODELS = ("dense-active", "token-moe", "task-moe", "task-moe-both", "student")
 
 
@@ -207,7 +207,7 @@ def get_parser():
                         "when the corpus has it; a direction without the split is left out of that split's table")
     p.add_argument("--out", default=None, help="run directory (checkpoints, scores, quality.json); required "
                    "unless --from-hypotheses")
-    p.add_argument("--seeds", default="1,2", help="seeds of dense-active, token-MoE and task-MoE")
+    p.add_argument("--seeds", default="1,2", help="seeds of dense-active, token-MoE and the two task-MoEs")
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--ffn-dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers")

@@ -20,8 +20,8 @@ from fairseq_taskmoe.scoring.loops import loop_shares
 from fairseq_taskmoe.scoring.seeds import ALPHA, claim_label, seed_level_test
 
 # (baseline, system) pairs compared, seed by seed where both have the seed
-COMPARISONS = [("token-moe", "task-moe"), ("token-moe", "task-moe-both"), ("dense-active", "task-moe"),
-               ("dense-active", "student")]
+COMPARISONS = [("token-moe", "task-moe"), ("token-moe", "task-moe-both"), ("task-moe", "task-moe-both"),
+               ("dense-active", "task-moe"), ("dense-active", "token-moe"), ("dense-active", "student")]
 
 
 def model_of(run):
@@ -120,11 +120,12 @@ def sacrebleu_bootstrap(scores, sets, pairs, seeds):
     return out
 
 
-def claims(scores, sets, pairs, seeds, n_samples=1000):
-    """Per COMPARISONS pair with at least one shared seed: per-seed cluster and segment bootstraps,
-    the seed-level test of BLEU and chrF, and the label (BLEU; the rule in scoring/seeds.py)."""
+def claims(scores, sets, pairs, seeds, n_samples=1000, comparisons=None):
+    """Per (baseline, system) pair of ``comparisons`` (default COMPARISONS) with at least one
+    shared seed: per-seed cluster and segment bootstraps, the seed-level test of BLEU and chrF,
+    and the label (BLEU; the rule in scoring/seeds.py)."""
     out = []
-    for base, system in COMPARISONS:
+    for base, system in comparisons or COMPARISONS:
         per_seed = []
         for seed in seeds:
             a, b = f"{base}.s{seed}", f"{system}.s{seed}"
@@ -162,6 +163,17 @@ def claims_table(claim_list):
                                  "per seed: ΔBLEU (p cluster / segment)", "label"])
 
 
+def claims_method(sets, n_samples):
+    """The footnote of claims_table: what was resampled and how labels are given."""
+    source = sorted({ts["cluster_source"] for ts in sets.values()})
+    n_clusters = len({k for ts in sets.values() for k in ts["clusters"]})
+    return (f"per seed: paired bootstrap, {n_samples} resamples, of {n_clusters} clusters (segments sharing an "
+            f"English string, keys {'/'.join(source)}) and of {sum(len(ts['clusters']) for ts in sets.values())} "
+            f"segments; seed level: exact sign-flip test over seeds (min p = 2/2^seeds). Labels (alpha {ALPHA}): "
+            "significant at the seed level = seed-level p <= alpha; suggestive = all seeds one sign and the cluster "
+            "bootstrap p <= alpha in at least half the seeds; otherwise no difference found")
+
+
 def loops_table(scores, pairs):
     """Loop share (%) per run: all directions, out of English, into English."""
     rows = []
@@ -189,13 +201,7 @@ def report_subset(subset, scores, sets, pairs, all_pairs, seeds, n_samples=1000)
     print(benchlib.table(per_pair, pair_cols))
     print(f"\n== {subset}: B vs A, average BLEU over directions")
     print(claims_table(claim_list) if claim_list else "no comparable runs")
-    source = sorted({ts["cluster_source"] for ts in sets.values()})
-    n_clusters = len({k for ts in sets.values() for k in ts["clusters"]})
-    print(f"per seed: paired bootstrap, {n_samples} resamples, of {n_clusters} clusters (segments sharing an "
-          f"English string, keys {'/'.join(source)}) and of {sum(len(ts['clusters']) for ts in sets.values())} "
-          f"segments; seed level: exact sign-flip test over seeds (min p = 2/2^seeds). Labels (alpha {ALPHA}): "
-          "significant at the seed level = seed-level p <= alpha; suggestive = all seeds one sign and the cluster "
-          "bootstrap p <= alpha in at least half the seeds; otherwise no difference found")
+    print(claims_method(sets, n_samples))
     print(f"\n== {subset}: share of hypotheses that loop (%)")
     print(loops_table(scores, pairs))
     print(f"extracted task-MoE == full task-MoE: {exact}")

@@ -13,9 +13,10 @@
 
 Scoring: fairseq_taskmoe.evaluate (beam ``--beam``, raw references, BLEU / chrF) on ``--subset``
 of every direction; per model, mean and sd over seeds of the direction-averaged scores;
-each upcycled / scratch model against ``dense-continued``, (i) seed by seed with sacrebleu's
-paired bootstrap on the concatenated test sets and (ii) at the seed level (mean and sd of the
-per-seed BLEU difference, and in how many seeds it is positive). Costs: training seconds of
+each upcycled / scratch model against ``dense-continued`` as the quality study tests its claims
+(bench/quality_report.py): seed by seed, a paired bootstrap that resamples clusters of segments
+sharing an English string (and segments, for comparison); across seeds, the exact sign-flip test;
+a label ("significant at the seed level", "suggestive", "no difference found"). Costs: training seconds of
 the run (this machine, this load), approximate FLOPs per update ``6 * active params * target
 tokens per update`` (active: k of E experts), parameters of the full model and of one
 language's extract (what serving that language costs).
@@ -38,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-import quality  # noqa: E402  (scoring, tables and the paired bootstrap are the quality study's)
+import quality  # noqa: E402  (training helpers and scoring are the quality study's)
+import quality_report  # noqa: E402  (summaries, the cluster bootstrap and the seed-level test)
 
 BASE = "dense"
 REFERENCE = "dense-continued"
@@ -150,27 +152,6 @@ def extract_params(args, run, ckpt, tgt_lang):
     return quality.count_params(path / "checkpoint.pt", 1)["total"]  # counted as the full models are
 
 
-def compare(scores, pairs, seeds, model):
-    """``model`` against dense-continued: per-seed paired bootstrap, and the seed-level difference."""
-    from fairseq_taskmoe.evaluate import paired_bootstrap
-
-    per_seed, diffs = [], []
-    for seed in seeds:
-        a, b = f"{REFERENCE}.s{seed}", f"{model}.s{seed}"
-        if a not in scores or b not in scores:
-            continue
-        hyps_a, refs, langs = quality.concatenated(scores[a], pairs)
-        hyps_b, _, _ = quality.concatenated(scores[b], pairs)
-        test = paired_bootstrap(hyps_a, hyps_b, refs, langs, names=(a, b))
-        per_seed.append({"seed": seed, **test})
-        diffs.append(test["BLEU"][b] - test["BLEU"][a])
-    mean, sd = benchlib.mean_sd(diffs) if diffs else (None, None)
-    return {"model": model, "per_seed": per_seed, "bleu_diffs": diffs, "bleu_diff_mean": mean,
-            "bleu_diff_sd": sd, "seeds_better": sum(d > 0 for d in diffs),
-            "seeds_significant_better": sum(t["BLEU"]["p_value"] < 0.05 and d > 0
-                                            for t, d in zip(per_seed, diffs))}
-
-
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="binarized data (default: data/loc8; --smoke: a toy corpus)")
@@ -195,6 +176,7 @@ def get_parser():
     p.add_argument("--aux-loss-weight", type=float, default=0.01)
     p.add_argument("--save-interval-updates", type=int, default=200)
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples of each paired bootstrap")
     p.add_argument("--jobs", type=int, default=1, help="trainings / evaluations side by side")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every fairseq subprocess")
     p.add_argument("--smoke", action="store_true", help="toy corpus, tiny models, a few updates, one seed")
@@ -250,7 +232,7 @@ def main(argv=None):
         scores = dict(zip(ckpts, pool.map(
             lambda run: quality.evaluate(args, run, {"*": ckpts[run]}, pairs, lang_pairs, args.subset),
             ckpts)))
-    summary = {r["model"]: r for r in quality.summarize(scores, pairs)}
+    summary = {r["model"]: r for r in quality_report.summarize(scores, pairs)}
     tgt = pairs[0].split("-")[1]
     rows = []
     for model in [BASE, *MODELS]:
@@ -264,22 +246,27 @@ def main(argv=None):
                      "updates": args.base_updates + (0 if model == BASE else args.more_updates),
                      **cost, f"extract params ({tgt})": extract_params(args, run, ckpts[run], tgt)
                      if routed else cost["params_total"]})
-    tests = [compare(scores, pairs, seeds, m) for m in MODELS if m != REFERENCE]
+    sets = quality_report.test_sets(args.data, args.subset, pairs)
+    tests = quality_report.claims(scores, sets, pairs, seeds, args.bootstrap_samples,
+                                  comparisons=[(REFERENCE, m) for m in MODELS if m != REFERENCE])
     cols = ["model", "seeds", "updates", "BLEU", "BLEU sd", "chrF", "chrF sd", "train_seconds",
             "flops_per_update", "params_total", f"extract params ({tgt})"]
     print(f"\n== {args.subset}: direction-averaged scores, mean and sd over seeds (costs: seed {first})")
     print(benchlib.table(rows, cols))
-    print(f"\n== against {REFERENCE} (same extra updates): BLEU difference per seed, paired bootstrap")
-    print(benchlib.table([{"model": t["model"], "mean dBLEU": t["bleu_diff_mean"], "sd": t["bleu_diff_sd"],
-                           "seeds better": f"{t['seeds_better']}/{len(t['bleu_diffs'])}",
-                           "better, p < 0.05": f"{t['seeds_significant_better']}/{len(t['bleu_diffs'])}"}
-                          for t in tests], ["model", "mean dBLEU", "sd", "seeds better", "better, p < 0.05"]))
+    print(f"\n== against {REFERENCE} (the same extra updates), average BLEU over directions")
+    print(quality_report.claims_table(tests) if tests else "no comparable runs")
+    print(quality_report.claims_method(sets, args.bootstrap_samples))
     result = {"bench": "upcycle", "env": benchlib.environment(), "config": vars(args), "pairs": pairs,
               "seeds": seeds, "rows": rows, "comparisons": tests, "seconds": round(time.time() - t_start),
               "scores": {run: {p: {k: v for k, v in r.items() if k != "hypotheses"} for p, r in res.items()}
                          for run, res in scores.items()}}
-    out = benchlib.write_json(result, args.json or Path(args.out) / "upcycle.json")
-    print(f"wrote {out}")
+    from fairseq_taskmoe.scoring.records import records_path, write_records
+
+    json_path = Path(args.json or Path(args.out) / "upcycle.json")
+    hyps = write_records(records_path(json_path), quality_report.records(args.subset, scores, sets))
+    result["hypotheses_file"] = hyps.name  # beside the JSON
+    out = benchlib.write_json(result, json_path)
+    print(f"wrote {out} and {hyps} (per-sentence hypotheses)")
     return result
 
 

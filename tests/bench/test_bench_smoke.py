@@ -232,3 +232,28 @@ def test_bench_quality_recomputes_its_tables_from_the_saved_hypotheses(quality, 
     assert after["rows"] == before["rows"] and after["claims"] == before["claims"]
     assert after["paired_bootstrap"] == before["paired_bootstrap"]
     assert json.loads((tmp_path / "r.json").read_text())["recomputed_from"] == str(hyps)
+
+
+def test_bench_upcycle_runs_and_tests_its_claims_like_the_quality_study(tmp_path):
+    """bench/upcycle.py at toy size: every model trained and scored, each continuation tested
+    against dense-continued by the quality study's claims (cluster bootstrap, seed-level test,
+    label), hypotheses saved; a top-1 task-routed extract has exactly the dense model's size."""
+    from fairseq_taskmoe.scoring.records import read_records
+
+    result = load_script("upcycle").main(["--smoke", "--out", str(tmp_path / "u"), "--jobs", "2",
+                                          "--bootstrap-samples", "200"])
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "dense-continued", "upcycled-task-top1", "upcycled-task-top2",
+                         "upcycled-token", "scratch-task-top1"}
+    dense = rows["dense"]["params_total"]
+    assert rows["upcycled-task-top1"]["extract params (de)"] == dense < rows["upcycled-task-top1"]["params_total"]
+    assert rows["upcycled-task-top2"]["extract params (de)"] > dense  # FFN width 2F where the experts are
+    for r in rows.values():
+        assert_finite(r["BLEU"], r["model"]) and assert_finite(r["flops_per_update"], r["model"])
+    claims = {c["system"]: c for c in result["comparisons"]}
+    assert set(claims) == set(rows) - {"dense", "dense-continued"}
+    for c in claims.values():
+        assert c["baseline"] == "dense-continued" and c["per_seed"][0]["cluster"]["resampled"]["unit"] == "cluster"
+        assert c["label"] in ("significant at the seed level", "suggestive", "no difference found")
+    _, hyps = read_records(tmp_path / "u" / result["hypotheses_file"])
+    assert {run for run, _, _ in hyps} == {f"{m}.s1" for m in rows}
