@@ -257,3 +257,24 @@ def test_bench_upcycle_runs_and_tests_its_claims_like_the_quality_study(tmp_path
         assert c["label"] in ("significant at the seed level", "suggestive", "no difference found")
     _, hyps = read_records(tmp_path / "u" / result["hypotheses_file"])
     assert {run for run, _, _ in hyps} == {f"{m}.s1" for m in rows}
+
+
+def test_bench_train_speed_times_the_same_batches_interleaved(tmp_path):
+    """bench/train_speed.py at toy size: dense and task-MoE see identical batches, words/s come from
+    fairseq's per-update log lines (warm-up updates excluded), ratios are taken within a round."""
+    ts = load_script("train_speed")
+    result = ts.main(["--smoke", "--out", str(tmp_path), "--threads", "1", "--repeats", "2",
+                      "--json", str(tmp_path / "ts.json"), "--plot", str(tmp_path / "ts.png")])
+    assert result["same_batches"] and (tmp_path / "ts.png").is_file()
+    assert [r["run"] for r in result["runs"]] == ["dense-active", "task-moe E=4", "task-moe E=4", "dense-active"]
+    summary = {r["run"]: r for r in result["summary"]}
+    for r in summary.values():
+        assert r["repeats"] == 2 and r["params"] > 0
+        assert_finite(r["words/s median"], r["run"])
+    moe = summary["task-moe E=4"]
+    assert moe["params"] > summary["dense-active"]["params"] and moe["target"].startswith(">= 0.9: ")
+    per_round = {(r["round"], r["run"]): r["words_per_s"] for r in result["runs"]}
+    ratios = sorted(per_round[(k, "task-moe E=4")] / per_round[(k, "dense-active")] for k in (1, 2))
+    assert (moe["vs dense min"], moe["vs dense max"]) == pytest.approx(tuple(ratios))
+    # the parser: warm-up updates are not timed; words/s = tokens over summed seconds
+    assert ts.timed_speed([(1, 100.0, 10.0), (2, 300.0, 100.0), (3, 100.0, 50.0)], warmup=1) == (400.0, 5.0, 80.0)
