@@ -145,9 +145,10 @@ def extract_per_target(args, ckpt, run, tgt_langs):
     return out
 
 
-def evaluate(args, run, ckpts, pairs, lang_pairs, subset):
-    """{pair: scores + hypotheses}; ``ckpts`` maps a target language to its checkpoint (or "*": one
-    model). One cached JSON per direction, so an interrupted scoring resumes."""
+def evaluate(args, run, ckpts, pairs, lang_pairs, subset, data=None):
+    """{pair: scores + hypotheses} on ``subset`` of ``data`` (default --data); ``ckpts`` maps a target
+    language to its checkpoint (or "*": one model). One cached JSON per direction, so an
+    interrupted scoring resumes."""
     from fairseq_taskmoe import evaluate as ev
 
     results = {}
@@ -158,7 +159,7 @@ def evaluate(args, run, ckpts, pairs, lang_pairs, subset):
             continue
         ckpt = ckpts.get(pair.split("-")[1], ckpts.get("*"))
         log = lambda s: print(f"[{run} {subset} {i}/{len(pairs)}] {s}", flush=True)  # noqa: E731
-        res = ev.evaluate(ckpt, args.data, [pair], lang_pairs, benchlib.PLUGIN_DIR, beam=args.beam,
+        res = ev.evaluate(ckpt, data or args.data, [pair], lang_pairs, benchlib.PLUGIN_DIR, beam=args.beam,
                           subset=subset, log=log)
         benchlib.write_json(res[pair], cache)
         results[pair] = res[pair]
@@ -171,18 +172,32 @@ def split_size(data, subset, src, tgt):
     return size(data, subset, src, tgt)
 
 
+def eval_view(args, subset):
+    """(data dir, subset name) to score: ``subset`` of --data, or with --eval-n N a view holding its
+    first N sentences per direction (fairseq_taskmoe.data.sample: the splits are ordered by a hash
+    of the English string, so that is a fixed random sample that keeps clusters together)."""
+    if not args.eval_n:
+        return args.data, subset
+    from fairseq_taskmoe.data.sample import make_sample_view, sample_name
+
+    view = Path(args.out) / "eval-views" / subset
+    make_sample_view(args.data, view, subset, args.eval_n)
+    return str(view), sample_name(subset, args.eval_n)
+
+
 def score_subset(args, subset, models, all_pairs, lang_pairs, seeds):
-    """Score every model on ``subset`` (the directions that have it); print the tables; return
-    (JSON, hypothesis records)."""
+    """Score every model on ``subset`` (the directions that have it; with --eval-n its sample);
+    print the tables; return (subset name scored, JSON, hypothesis records)."""
     pairs = [p for p in all_pairs if split_size(args.data, subset, *p.split("-")) is not None]
     if not pairs:
         raise SystemExit(f"--subsets {subset}: no direction has a binarized {subset} split in {args.data}")
+    data, subset = eval_view(args, subset)
     with ThreadPoolExecutor(args.jobs) as pool:
         scores = dict(zip(models, pool.map(
-            lambda run: evaluate(args, run, models[run], pairs, lang_pairs, subset), models)))
-    sets = quality_report.test_sets(args.data, subset, pairs)
+            lambda run: evaluate(args, run, models[run], pairs, lang_pairs, subset, data), models)))
+    sets = quality_report.test_sets(data, subset, pairs)
     report = quality_report.report_subset(subset, scores, sets, pairs, all_pairs, seeds, args.bootstrap_samples)
-    return report, quality_report.records(subset, scores, sets)
+    return subset, report, quality_report.records(subset, scores, sets)
 
 
 def count_params(ckpt, top_k):
@@ -226,6 +241,9 @@ def get_parser():
     p.add_argument("--aux-loss-weight", type=float, default=0.01)
     p.add_argument("--save-interval-updates", type=int, default=200, help="resume granularity")
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--eval-n", type=int, default=0, metavar="N",
+                   help="score the first N sentences of each direction of every subset (a fixed sample that "
+                        "keeps clusters together; the subset is reported as SUBSET_sampleN); 0: whole splits")
     p.add_argument("--distill-sentences", type=int, default=4000,
                    help="training pairs per direction, a seeded uniform sample, translated by the teacher "
                         "(0: all)")
@@ -292,6 +310,8 @@ def recompute(args):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.eval_n < 0:
+        raise SystemExit(f"--eval-n must be >= 0 (0: whole splits), got {args.eval_n}")
     if args.bootstrap_samples < 1:
         raise SystemExit(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")
     if args.from_hypotheses:
@@ -335,7 +355,7 @@ def main(argv=None):
 
     all_records = []
     for subset in subsets:
-        result["subsets"][subset], subset_records = score_subset(args, subset, models, pairs, lang_pairs, seeds)
+        name, result["subsets"][name], subset_records = score_subset(args, subset, models, pairs, lang_pairs, seeds)
         all_records += subset_records
     result["seconds"] = round(time.time() - t_start)
     json_path = Path(args.json or Path(args.out) / "quality.json")

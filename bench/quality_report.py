@@ -209,7 +209,8 @@ def report_subset(subset, scores, sets, pairs, all_pairs, seeds, n_samples=1000)
         print(f"signature {sig}")
     return {"pairs": pairs, "pairs_without_split": [p for p in all_pairs if p not in pairs], "rows": rows,
             "extracted_equals_full": exact, "claims": claim_list, "paired_bootstrap": tests,
-            "clusters": {"count": n_clusters, "keys": source},
+            "clusters": {"count": len({k for ts in sets.values() for k in ts["clusters"]}),
+                         "keys": sorted({ts["cluster_source"] for ts in sets.values()})},
             "loops": {run: loop_shares({p: res[p]["hypotheses"] for p in pairs}) for run, res in scores.items()},
             "signatures": signatures,
             "scores": {run: {p: {k: v for k, v in r.items() if k != "hypotheses"} for p, r in res.items()}

@@ -3,7 +3,8 @@
     python -m fairseq_taskmoe.data.sample --data data/loc8 --out demo/data --split test --n 100
 
 ``--out`` links every file of ``--data`` and adds ``{split}_sample{n}``: the first ``n``
-sentences of each pair of ``split``, binarized and raw (``raw/{name}.en-xx.{en,xx}``), so
+sentences of each pair of ``split``, binarized and raw (``raw/{name}.en-xx.{en,xx}``, and the
+cluster keys ``raw/{name}.en-xx.cluster`` where the split has them), so
 ``python -m fairseq_taskmoe.evaluate ... --data OUT --subset {name}`` scores the sample
 against raw references like the whole split. The splits are ordered by a hash of the English
 source (split.py), so the first ``n`` sentences are a random sample, the same one for every
@@ -67,6 +68,10 @@ def make_sample_view(data, out, split="test", n=100):
                 raw = (data / "raw" / ("%s.%s.%s" % (split, pair, lang))).read_text(encoding="utf-8")
                 lines = raw.splitlines(keepends=True)[: counts[pair]]
                 (tmp / "raw" / ("%s.%s.%s" % (name, pair, lang))).write_text("".join(lines), encoding="utf-8")
+            clusters = data / "raw" / ("%s.%s.cluster" % (split, pair))  # prepare-data's cluster keys
+            if clusters.is_file():
+                lines = clusters.read_text(encoding="utf-8").splitlines(keepends=True)[: counts[pair]]
+                (tmp / "raw" / ("%s.%s.cluster" % (name, pair))).write_text("".join(lines), encoding="utf-8")
     return counts
 
 

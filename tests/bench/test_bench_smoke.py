@@ -78,7 +78,7 @@ def test_bench_quality_json(quality):
     rows = {r["model"]: r for r in test["rows"]}
     assert set(rows) == {"dense-active", "token-moe", "task-moe", "task-moe-both", "student", "task-moe-extracted"}
     assert {m: r["seeds"] for m, r in rows.items() if r["seeds"] == 2} == {"dense-active": 2, "token-moe": 2,
-                                                                          "task-moe": 2}
+                                                                          "task-moe": 2, "task-moe-both": 2}
     runs = test["scores"]
     for model, row in rows.items():
         for key in ("avg bleu", "avg bleu sd", "avg chrf", "avg chrf++", "en-de bleu", "de-en chrf sd"):
@@ -188,7 +188,7 @@ def test_bench_quality_resumes_from_its_outputs(quality, capsys):
     capsys.readouterr()
     after = load_script("quality").main(["--smoke", "--out", str(quality), "--jobs", "1"])["subsets"]["test"]
     printed = capsys.readouterr().out
-    assert "starting" not in printed and "resuming" not in printed and printed.count("train ") == 8
+    assert "starting" not in printed and "resuming" not in printed and printed.count("train ") == 9
     assert printed.count("translating") == 1 and "[task-moe.s2 test 2/2] [1/1] de-en: translating" in printed
     assert after["rows"] == before["rows"] and after["paired_bootstrap"] == before["paired_bootstrap"]
 
@@ -278,3 +278,19 @@ def test_bench_train_speed_times_the_same_batches_interleaved(tmp_path):
     assert (moe["vs dense min"], moe["vs dense max"]) == pytest.approx(tuple(ratios))
     # the parser: warm-up updates are not timed; words/s = tokens over summed seconds
     assert ts.timed_speed([(1, 100.0, 10.0), (2, 300.0, 100.0), (3, 100.0, 50.0)], warmup=1) == (400.0, 5.0, 80.0)
+
+
+def test_bench_quality_scores_a_fixed_sample_with_eval_n(quality):
+    """--eval-n N scores the first N sentences of each direction (trained models reused), reported as
+    test_sampleN, with the cluster keys of those segments."""
+    result = load_script("quality").main(["--smoke", "--out", str(quality), "--jobs", "2", "--eval-n", "5",
+                                          "--models", "token-moe,task-moe", "--json", str(quality / "q5.json")])
+    assert set(result["subsets"]) == {"test_sample5"}
+    sample = result["subsets"]["test_sample5"]
+    assert {r["model"] for r in sample["rows"]} == {"token-moe", "task-moe", "task-moe-extracted"}
+    from fairseq_taskmoe.scoring.records import read_records
+
+    _, hyps = read_records(quality / result["hypotheses_file"])
+    assert {len(h) for (_, subset, _), h in hyps.items() if subset == "test_sample5"} == {5}
+    claim = next(c for c in sample["claims"] if (c["baseline"], c["system"]) == ("token-moe", "task-moe"))
+    assert claim["per_seed"][0]["cluster"]["resampled"]["segments"] == 10

@@ -33,6 +33,11 @@ def test_sample_view_holds_the_first_n_sentences_and_leaves_the_corpus_alone(cor
         raw = (corpus / "raw" / ("test.en-de.%s" % lang)).read_text(encoding="utf-8").splitlines()
         assert (view / "raw" / ("test_sample7.en-de.%s" % lang)).read_text(encoding="utf-8").splitlines() == raw[:7]
     assert (view / "train.en-de.de.bin").resolve() == (corpus / "train.en-de.de.bin").resolve()
+    # the sample keeps its segments' cluster keys (what the cluster bootstrap resamples)
+    from fairseq_taskmoe.scoring.clusters import cluster_keys
+
+    keys = (corpus / "raw" / "test.en-de.cluster").read_text(encoding="utf-8").splitlines()
+    assert cluster_keys(view, "test_sample7", "en", "de") == (keys[:7], "stored")
     assert _snapshot(corpus) == before
     # n beyond the split keeps the whole split; rebuilding replaces the view
     assert make_sample_view(corpus, view, "test", 10_000)["en-de"] == len(raw)
