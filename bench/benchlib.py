@@ -140,7 +140,14 @@ def torch_timed(fn, max_run_time=10.0, min_run_time=0.01, threshold=0.1) -> dict
 
 
 def timed(fn, min_repeats=1, min_seconds=0.0):
-    """Median seconds of ``fn()`` over at least ``min_repeats`` calls / ``min_seconds`` (after one warm-up).
+    """Median seconds of ``fn()`` over at least ``min_repeats`` calls / ``min_seconds`` (after one warm-up)."""
+    times = timings(fn, min_repeats, min_seconds)
+    return times[len(times) // 2]
+
+
+def timings(fn, min_repeats=1, min_seconds=0.0):
+    """Sorted seconds of each timed call of ``fn()`` (at least ``min_repeats`` calls / ``min_seconds``,
+    after one warm-up): :func:`timed`'s median, with the spread.
 
     A fixed count, for what ``torch_timed`` does not fit: whole decodes under a time budget
     (decode_throughput.py, serve.py's worker: seconds per call, the count is the budget's) and
@@ -154,8 +161,7 @@ def timed(fn, min_repeats=1, min_seconds=0.0):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    return sorted(times)
 
 
 # --- toy corpus for the --smoke paths (CI); independent of tests/ -----------------------------------

@@ -22,7 +22,8 @@ are zero-padded (extract.json's stock_overhead), which is what separates it from
 
 Each system runs in its own process (peak RSS = that process's VmHWM; the RSS after
 importing the engine and after loading the model are reported too), over every beam and batch size, --repeats timed
-passes over the sentences (median). Prints a table, writes JSON and a PNG.
+passes over the sentences (median; the slowest and fastest pass give the spread). Prints a table,
+writes JSON and a PNG.
 With --demo-checkpoint, also scores a trained model's extract (float32 vs int8 CTranslate2
 BLEU on the pair's test split, quality only).
 """
@@ -155,9 +156,12 @@ def worker(spec):
                 model.translate(sentences, src, tgt, beam=beam, lenpen=1.0, batch_size=batch,
                                 max_len_b=length, min_len=length)
             t0 = time.perf_counter()
-            secs = benchlib.timed(run, min_repeats=spec["repeats"])
+            times = benchlib.timings(run, min_repeats=spec["repeats"])
+            secs = times[len(times) // 2]  # the median pass; the fastest and slowest give the spread
             tokens = model.last_target_tokens
             rows.append({"beam": beam, "batch": batch, "seconds": secs, "sentences_per_s": len(sentences) / secs,
+                         "sentences_per_s_min": len(sentences) / times[-1],
+                         "sentences_per_s_max": len(sentences) / times[0], "passes": len(times),
                          "target_tokens_per_s": tokens / secs, "target_tokens": tokens})
             print(f"  {spec['system']:>24} beam {beam} batch {batch:>3}: {len(sentences) / secs:8.1f} sent/s",
                   file=sys.stderr, flush=True)
@@ -282,7 +286,8 @@ def main(argv=None):
     result = {"bench": "serve", "env": benchlib.environment(), "config": vars(args), "random_init_weights": True,
               "sentences": len(sentences), "models": facts, "memory": procs, "rows": rows,
               "ratios": ratios(rows, args.beams, args.experts), "plot": args.plot}
-    print(benchlib.table(rows, ["experts", "system", "beam", "batch", "sentences_per_s", "target_tokens_per_s"]))
+    print(benchlib.table(rows, ["experts", "system", "beam", "batch", "sentences_per_s", "sentences_per_s_min",
+                                "sentences_per_s_max", "passes", "target_tokens_per_s"]))
     print(benchlib.table([dict(system=k, **v) for k, v in procs.items()],
                          ["system", "rss_after_import_mb", "rss_loaded_mb", "peak_rss_mb"]))
     print(benchlib.table([{"ratio": k, "value": v} for k, v in result["ratios"].items()], ["ratio", "value"]))
