@@ -197,6 +197,8 @@ def resolve(args):
         raise SystemExit(f"--seeds {args.seeds!r}: give distinct integers, e.g. 1,2,3")
     if args.base_updates < 1 or args.more_updates < 1:
         raise SystemExit("--base-updates and --more-updates must be >= 1")
+    if args.bootstrap_samples < 1:
+        raise SystemExit(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")
     return seeds
 
 
