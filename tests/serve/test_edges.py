@@ -140,9 +140,12 @@ def test_ctrl_c_exits_130_and_writes_nothing(serve_extracts, tmp_path):
     out = tmp_path / "out.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE")}
     env.update(OMP_NUM_THREADS="1")
+    # SIGINT's default restored in the child: a suite started in the background by a shell without job
+    # control (nohup ... &) inherits SIGINT ignored, and so would the CLI (it then waits for input)
     proc = subprocess.Popen([str(BIN / "fairseq-taskmoe-translate"), str(serve_extracts["int8"]), "-s", "en",
                              "-t", "de", "--output", str(out), "--no-progress"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.stdin.write(b"a cat\n")
         proc.stdin.flush()
