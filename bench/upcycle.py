@@ -12,7 +12,7 @@
 3. (e) ``scratch-task-top1``: the task-MoE of (b) trained from scratch for N + M updates.
 
 Scoring: fairseq_taskmoe.evaluate (beam ``--beam``, raw references, BLEU / chrF) on ``--subset``
-of every direction; per model, mean and sd over seeds of the direction-averaged scores;
+of every direction (with ``--eval-n N``, its fixed first-N sample, as in bench/quality.py); per model, mean and sd over seeds of the direction-averaged scores;
 each upcycled / scratch model against ``dense-continued`` as the quality study tests its claims
 (bench/quality_report.py): seed by seed, a paired bootstrap that resamples clusters of segments
 sharing an English string (and segments, for comparison); across seeds, the exact sign-flip test;
@@ -161,6 +161,9 @@ def get_parser():
     p.add_argument("--base-updates", type=int, default=800, help="N: updates of the dense model")
     p.add_argument("--more-updates", type=int, default=400, help="M: updates of every continuation")
     p.add_argument("--subset", default="test")
+    p.add_argument("--eval-n", type=int, default=0, metavar="N",
+                   help="score the first N sentences of each direction's --subset (a fixed sample: the splits "
+                        "are ordered by a hash of the English string, so clusters stay together); 0: all")
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--ffn-dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
@@ -197,6 +200,8 @@ def resolve(args):
         raise SystemExit(f"--seeds {args.seeds!r}: give distinct integers, e.g. 1,2,3")
     if args.base_updates < 1 or args.more_updates < 1:
         raise SystemExit("--base-updates and --more-updates must be >= 1")
+    if args.eval_n < 0:
+        raise SystemExit(f"--eval-n must be >= 0 (0: whole splits), got {args.eval_n}")
     if args.bootstrap_samples < 1:
         raise SystemExit(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")
     return seeds
@@ -230,9 +235,10 @@ def main(argv=None):
     with ThreadPoolExecutor(args.jobs) as pool:
         ckpts = dict(zip([j[0] for j in jobs], pool.map(job, jobs)))
     ckpts[base_run] = dense_ckpt
+    data, subset = quality.eval_view(args, args.subset)
     with ThreadPoolExecutor(args.jobs) as pool:
         scores = dict(zip(ckpts, pool.map(
-            lambda run: quality.evaluate(args, run, {"*": ckpts[run]}, pairs, lang_pairs, args.subset),
+            lambda run: quality.evaluate(args, run, {"*": ckpts[run]}, pairs, lang_pairs, subset, data),
             ckpts)))
     summary = {r["model"]: r for r in quality_report.summarize(scores, pairs)}
     tgt = pairs[0].split("-")[1]
@@ -248,24 +254,25 @@ def main(argv=None):
                      "updates": args.base_updates + (0 if model == BASE else args.more_updates),
                      **cost, f"extract params ({tgt})": extract_params(args, run, ckpts[run], tgt)
                      if routed else cost["params_total"]})
-    sets = quality_report.test_sets(args.data, args.subset, pairs)
+    sets = quality_report.test_sets(data, subset, pairs)
     tests = quality_report.claims(scores, sets, pairs, seeds, args.bootstrap_samples,
                                   comparisons=[(REFERENCE, m) for m in MODELS if m != REFERENCE])
     cols = ["model", "seeds", "updates", "BLEU", "BLEU sd", "chrF", "chrF sd", "train_seconds",
             "flops_per_update", "params_total", f"extract params ({tgt})"]
-    print(f"\n== {args.subset}: direction-averaged scores, mean and sd over seeds (costs: seed {first})")
+    print(f"\n== {subset}: direction-averaged scores, mean and sd over seeds (costs: seed {first})")
     print(benchlib.table(rows, cols))
     print(f"\n== against {REFERENCE} (the same extra updates), average BLEU over directions")
     print(quality_report.claims_table(tests) if tests else "no comparable runs")
     print(quality_report.claims_method(sets, args.bootstrap_samples))
     result = {"bench": "upcycle", "env": benchlib.environment(), "config": vars(args), "pairs": pairs,
+              "subset scored": subset,
               "seeds": seeds, "rows": rows, "comparisons": tests, "seconds": round(time.time() - t_start),
               "scores": {run: {p: {k: v for k, v in r.items() if k != "hypotheses"} for p, r in res.items()}
                          for run, res in scores.items()}}
     from fairseq_taskmoe.scoring.records import records_path, write_records
 
     json_path = Path(args.json or Path(args.out) / "upcycle.json")
-    hyps = write_records(records_path(json_path), quality_report.records(args.subset, scores, sets))
+    hyps = write_records(records_path(json_path), quality_report.records(subset, scores, sets))
     result["hypotheses_file"] = hyps.name  # beside the JSON
     out = benchlib.write_json(result, json_path)
     print(f"wrote {out} and {hyps} (per-sentence hypotheses)")

@@ -237,11 +237,14 @@ def test_bench_quality_recomputes_its_tables_from_the_saved_hypotheses(quality, 
 def test_bench_upcycle_runs_and_tests_its_claims_like_the_quality_study(tmp_path):
     """bench/upcycle.py at toy size: every model trained and scored, each continuation tested
     against dense-continued by the quality study's claims (cluster bootstrap, seed-level test,
-    label), hypotheses saved; a top-1 task-routed extract has exactly the dense model's size."""
+    label), hypotheses saved; a top-1 task-routed extract has exactly the dense model's size;
+    --eval-n scores a fixed sample of each direction."""
     from fairseq_taskmoe.scoring.records import read_records
 
     result = load_script("upcycle").main(["--smoke", "--out", str(tmp_path / "u"), "--jobs", "2",
-                                          "--bootstrap-samples", "200"])
+                                          "--bootstrap-samples", "200", "--eval-n", "5"])
+    assert result["subset scored"] == "test_sample5"
+    assert {p: s["sentences"] for p, s in result["scores"]["dense.s1"].items()} == {"en-de": 5, "de-en": 5}
     rows = {r["model"]: r for r in result["rows"]}
     assert set(rows) == {"dense", "dense-continued", "upcycled-task-top1", "upcycled-task-top2",
                          "upcycled-token", "scratch-task-top1"}
