@@ -231,7 +231,8 @@ def main(argv=None):
                      *recipe(args, args.more_updates, seed, save)]
         return train(args, run, flags, log)
 
-    jobs = [(f"{m}.s{s}", m, s) for m in MODELS for s in seeds]
+    # the longest runs (from scratch, N + M updates) first, so that no core idles at the end
+    jobs = [(f"{m}.s{s}", m, s) for m in sorted(MODELS, key=lambda m: m not in SCRATCH) for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         ckpts = dict(zip([j[0] for j in jobs], pool.map(job, jobs)))
     ckpts[base_run] = dense_ckpt
