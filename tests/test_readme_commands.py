@@ -56,3 +56,33 @@ def test_generate_and_score_as_written(toy_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((tmp_path / "hyp.de").read_text().splitlines()) == N_EVAL
     assert '"name": "BLEU"' in proc.stdout and '"name": "chrF2"' in proc.stdout
+
+
+def test_upcycle_sequence_as_written(toy_data, tmp_path):
+    """"Upcycle a dense model": stock dense model -> upcycle -> fine-tune -> stock extract, as written
+    (update counts cut to 3) on the toy data as data/loc8; step 3's model flags are the ones step 2
+    prints, and the extract has exactly the dense model's parameter shapes."""
+    import shlex
+
+    from fairseq_taskmoe.checkpoints import load_checkpoint_safely
+
+    loc8 = tmp_path / "data" / "loc8"
+    loc8.parent.mkdir()
+    loc8.symlink_to(toy_data)
+    (tmp_path / "fairseq_taskmoe").symlink_to(PLUGIN_DIR)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    block = section_block("### Upcycle a dense model")
+    block = re.sub(r"--(max-update|total-num-update) \d+", r"--\1 3", block)
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fairseq-taskmoe-upcycle: check passed: 16/16 identical hypotheses" in proc.stderr
+    printed = shlex.split(re.search(r"fine-tune with: fairseq-train DATA (.*) --finetune-from-model",
+                                    proc.stderr).group(1))
+    printed[printed.index("--user-dir") + 1] = "fairseq_taskmoe"  # printed absolute
+    finetune = shlex.split(next(c for c in commands(block) if "--finetune-from-model" in c))
+    assert finetune[2:2 + len(printed)] == printed, "README step 3 is not what fairseq-taskmoe-upcycle prints"
+    load = lambda p: load_checkpoint_safely(str(p))["model"]  # noqa: E731
+    dense, extract = load(tmp_path / "ckpt/dense/checkpoint_last.pt"), load(tmp_path / "extracts/en-de/checkpoint.pt")
+    assert {k: v.shape for k, v in extract.items()} == {k: v.shape for k, v in dense.items()}
