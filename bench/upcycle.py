@@ -12,7 +12,8 @@
 3. (e) ``scratch-task-top1``: the task-MoE of (b) trained from scratch for N + M updates.
 
 Scoring: fairseq_taskmoe.evaluate (beam ``--beam``, raw references, BLEU / chrF) on ``--subset``
-of every direction (with ``--eval-n N``, its fixed first-N sample, as in bench/quality.py); per model, mean and sd over seeds of the direction-averaged scores;
+of every direction (with ``--eval-n N``, its fixed first-N sample, as in bench/quality.py);
+per model, mean and sd over seeds of the direction-averaged scores;
 each upcycled / scratch model against ``dense-continued`` as the quality study tests its claims
 (bench/quality_report.py): seed by seed, a paired bootstrap that resamples clusters of segments
 sharing an English string (and segments, for comparison); across seeds, the exact sign-flip test;

@@ -21,6 +21,13 @@ def commands(block):
     return [" ".join(line.split("#")[0].split()) for line in joined.splitlines() if line.split("#")[0].strip()]
 
 
+def cli_env():
+    """What a user's shell would have: the venv's console scripts on PATH, no unsafe-load override."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    return env
+
+
 def test_pip_only_steps_are_the_makefiles(tmp_path):
     steps = commands(section_block("### Without make (pip only)"))
     assert steps[0].startswith("git clone ") and steps[0].endswith(" fairseq_taskmoe && cd fairseq_taskmoe")
@@ -48,8 +55,7 @@ def test_generate_and_score_as_written(toy_data, tmp_path):
         (loc8 / f.name).symlink_to(f)
     (loc8 / "raw").symlink_to(toy_data.parent / "raw")  # test.en-de.de: the toy corpus' raw text
     (tmp_path / "fairseq_taskmoe").symlink_to(PLUGIN_DIR)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    env = cli_env()
     block = section_block("### Generate and score")
     proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env=env)
@@ -70,8 +76,7 @@ def test_upcycle_sequence_as_written(toy_data, tmp_path):
     loc8.parent.mkdir()
     loc8.symlink_to(toy_data)
     (tmp_path / "fairseq_taskmoe").symlink_to(PLUGIN_DIR)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_FORCE")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    env = cli_env()
     block = section_block("### Upcycle a dense model")
     block = re.sub(r"--(max-update|total-num-update) \d+", r"--\1 3", block)
     proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, capture_output=True,
